@@ -1,0 +1,77 @@
+"""Scaled dot-product attention (section 3.2) and head split/merge, as pure functions.
+
+``scaled_dot_product_attention`` is written for one example and one head, exactly as the
+paper's equation reads; ``multi_head_attention`` vmaps it over heads and batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def scaled_dot_product_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, mask: jnp.ndarray | None = None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """softmax(Q Kᵀ / √d_k) V for one example and one head.
+
+    A query row whose keys are all masked gets zero weights and a zero output (not NaN).
+
+    Args:
+      query: [T, K].
+      key: [S, K].
+      value: [S, K].
+      mask: bool [T, S] (or broadcastable), True = may attend; None = attend everywhere.
+
+    Returns:
+      output [T, K] and attention weights [T, S] (float32).
+    """
+    scale = jnp.sqrt(jnp.asarray(query.shape[-1], dtype=jnp.float32))
+    logits = jnp.einsum("tk,sk->ts", query, key, preferred_element_type=jnp.float32)
+    logits = logits / scale                                              # [T, S]
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)                            # [T, S]
+    if mask is not None:
+        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+    output = jnp.einsum("ts,sk->tk", weights.astype(value.dtype), value)
+    return output, weights
+
+
+# One head -> H heads (axis 1 of [T, H, K]) -> B examples.
+_over_heads = jax.vmap(scaled_dot_product_attention, in_axes=(1, 1, 1, 0), out_axes=(1, 0))
+_over_batch = jax.vmap(_over_heads, in_axes=(0, 0, 0, 0), out_axes=(0, 0))
+
+
+def multi_head_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, mask: jnp.ndarray | None = None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Scaled dot-product attention for every example and head in parallel.
+
+    Args:
+      query: [B, T, H, K].
+      key: [B, S, H, K].
+      value: [B, S, H, K].
+      mask: bool broadcastable to [B, H, T, S]; None = attend everywhere.
+
+    Returns:
+      output [B, T, H, K] and weights [B, H, T, S].
+    """
+    batch, target_length, heads, _ = query.shape
+    source_length = key.shape[1]
+    if mask is None:
+        mask = jnp.ones((1, 1, 1, 1), dtype=bool)
+    mask = jnp.broadcast_to(mask, (batch, heads, target_length, source_length))
+    return _over_batch(query, key, value, mask)
+
+
+def split_heads(inputs: jnp.ndarray, num_heads: int) -> jnp.ndarray:
+    """[B, T, D] -> [B, T, H, K] with K = D / H."""
+    batch, length, d_model = inputs.shape
+    return inputs.reshape(batch, length, num_heads, d_model // num_heads)
+
+
+def merge_heads(inputs: jnp.ndarray) -> jnp.ndarray:
+    """[B, T, H, K] -> [B, T, H·K]."""
+    batch, length, heads, head_dim = inputs.shape
+    return inputs.reshape(batch, length, heads * head_dim)

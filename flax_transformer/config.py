@@ -1,0 +1,356 @@
+"""Frozen configuration dataclasses, named presets and dotted command-line overrides.
+
+Every field carries a one-line doc (``field(..., metadata={"help": ...})``) that
+``train.py --help`` prints. This module imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _field(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or impossible."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shapes and options of the Transformer."""
+
+    vocab_size: int = _field(37000, "size of the shared source/target subword vocabulary")
+    d_model: int = _field(512, "width of embeddings and every residual stream")
+    num_heads: int = _field(8, "attention heads h; d_model must be divisible by it")
+    d_ff: int = _field(2048, "hidden width of the position-wise feed-forward network")
+    num_encoder_layers: int = _field(6, "encoder layers N")
+    num_decoder_layers: int = _field(6, "decoder layers N")
+    dropout_rate: float = _field(0.1, "dropout on embeddings and every sub-layer output")
+    max_length: int = _field(256, "longest sequence the positional table covers")
+    share_embeddings: bool = _field(True, "one embedding matrix for source and target")
+    tie_output: bool = _field(True, "output projection reuses the target embedding")
+    norm: str = _field("post_ln", "'post_ln' (the paper) or 'pre_ln'")
+    layer_norm_epsilon: float = _field(1e-6, "epsilon inside every LayerNorm")
+    dtype: str = _field("float32", "compute dtype: 'float32' or 'bfloat16'")
+    param_dtype: str = _field("float32", "parameter dtype (keep float32 for training)")
+    pad_id: int = _field(0, "token id of padding; keys with it are masked")
+
+    def validate(self) -> None:
+        _positive(self, "vocab_size", "d_model", "num_heads", "d_ff", "max_length")
+        _non_negative(self, "num_encoder_layers", "num_decoder_layers")
+        if self.d_model % self.num_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                f"{self.num_heads}; choose a head count that divides d_model."
+            )
+        _in_unit_interval(self, "dropout_rate")
+        _one_of(self, "norm", ("post_ln", "pre_ln"))
+        _one_of(self, "dtype", ("float32", "bfloat16"))
+        _one_of(self, "param_dtype", ("float32", "bfloat16"))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which text to read and how to cut it into batches."""
+
+    dataset: str = _field(
+        "number_words",
+        "'number_words' (built in), 'parallel_text' (local files) or a TFDS name "
+        "such as 'wmt14_translate/de-en'",
+    )
+    source_language: str = _field("en", "source side: language key or file suffix")
+    target_language: str = _field("de", "target side: language key or file suffix")
+    train_files: str = _field("", "parallel_text: path prefix of training files (PREFIX.src)")
+    validation_files: str = _field("", "parallel_text: path prefix of validation files")
+    test_files: str = _field("", "parallel_text: path prefix of test files")
+    data_dir: str = _field("", "where prepared datasets live; '' = WORKDIR/data")
+    vocab_size: int = _field(37000, "SentencePiece vocabulary size (shared source/target)")
+    tokenizer_type: str = _field("unigram", "SentencePiece model type: 'unigram' or 'bpe'")
+    tokenizer_sentences: int = _field(1_000_000, "at most this many sentences train it")
+    max_length: int = _field(256, "longest tokenized side; longer pairs are handled below")
+    overlong: str = _field("drop", "pairs longer than max_length: 'drop' or 'truncate'")
+    tokens_per_batch: int = _field(25000, "budget of source+target tokens in one global batch")
+    bucket_lengths: tuple[int, ...] = _field((), "padded lengths to use; () = powers of 2")
+    packing: bool = _field(False, "pack several short pairs into one row")
+    shuffle_seed: int = _field(0, "seed of the per-epoch shuffle")
+    num_workers: int = _field(0, "grain worker processes (0 = in the main process)")
+    eval_examples: int = _field(1000, "validation pairs decoded for BLEU (0 = all)")
+
+    def validate(self) -> None:
+        _positive(self, "vocab_size", "max_length", "tokens_per_batch", "tokenizer_sentences")
+        _non_negative(self, "num_workers", "eval_examples")
+        _one_of(self, "tokenizer_type", ("unigram", "bpe"))
+        _one_of(self, "overlong", ("drop", "truncate"))
+        if self.tokens_per_batch < 2 * self.max_length:
+            raise ConfigError(
+                f"data.tokens_per_batch={self.tokens_per_batch} cannot hold one pair of "
+                f"data.max_length={self.max_length}; raise it to at least "
+                f"{2 * self.max_length}."
+            )
+        if any(length <= 0 for length in self.bucket_lengths):
+            raise ConfigError("data.bucket_lengths must all be positive.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The optimisation recipe, its schedule, evaluation and checkpoints."""
+
+    num_steps: int = _field(100_000, "optimizer steps to train for")
+    learning_rate_scale: float = _field(1.0, "multiplies the paper's d_model^-0.5 schedule")
+    warmup_steps: int = _field(4000, "linear warm-up steps of the schedule")
+    adam_beta1: float = _field(0.9, "Adam beta1")
+    adam_beta2: float = _field(0.98, "Adam beta2")
+    adam_epsilon: float = _field(1e-9, "Adam epsilon")
+    weight_decay: float = _field(0.0, "decoupled weight decay (AdamW); 0 = plain Adam")
+    label_smoothing: float = _field(0.1, "label smoothing epsilon_ls")
+    gradient_clip_norm: float = _field(0.0, "clip gradients to this global norm; 0 = off")
+    gradient_accumulation: int = _field(1, "micro-batches per optimizer step")
+    ema_decay: float = _field(0.0, "exponential moving average of parameters; 0 = off")
+    parallelism: str = _field("pmap", "'pmap' (one replica per device) or 'mesh' (jit+sharding)")
+    seed: int = _field(0, "root random seed (init, dropout)")
+    log_every: int = _field(50, "steps between logged metrics")
+    eval_every: int = _field(1000, "steps between evaluations (loss and BLEU)")
+    checkpoint_every: int = _field(1000, "steps between checkpoints")
+    keep_checkpoints: int = _field(5, "most recent checkpoints kept (plus the best)")
+    average_last: int = _field(0, "at the end, average the last N checkpoints (paper: 5)")
+    peak_flops: float = _field(0.0, "device peak FLOP/s for the MFU estimate; 0 = unknown")
+    max_eval_length_extra: int = _field(50, "greedy eval decodes up to source length + this")
+
+    def validate(self) -> None:
+        _positive(self, "num_steps", "warmup_steps", "log_every", "eval_every")
+        _positive(self, "checkpoint_every", "keep_checkpoints", "gradient_accumulation")
+        _positive(self, "learning_rate_scale", "adam_epsilon")
+        _non_negative(self, "weight_decay", "gradient_clip_norm", "average_last")
+        _non_negative(self, "peak_flops", "max_eval_length_extra")
+        _in_unit_interval(self, "label_smoothing", "ema_decay", "adam_beta1", "adam_beta2")
+        _one_of(self, "parallelism", ("pmap", "mesh"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    """How decode.py and the evaluation search for outputs."""
+
+    method: str = _field("beam", "'greedy', 'beam' or 'sample'")
+    beam_size: int = _field(4, "hypotheses kept per sentence by beam search")
+    length_penalty: float = _field(0.6, "GNMT length penalty alpha ((5+len)/6)^alpha")
+    max_extra_length: int = _field(50, "outputs stop at source length + this")
+    temperature: float = _field(1.0, "sampling temperature")
+    top_k: int = _field(0, "sample among the k likeliest tokens; 0 = all")
+    top_p: float = _field(1.0, "sample from the smallest set with this probability mass")
+    seed: int = _field(0, "sampling seed")
+    tokens_per_batch: int = _field(4096, "source tokens per decoding batch")
+
+    def validate(self) -> None:
+        _one_of(self, "method", ("greedy", "beam", "sample"))
+        _positive(self, "beam_size", "tokens_per_batch", "temperature")
+        _non_negative(self, "length_penalty", "max_extra_length", "top_k")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"decode.top_p={self.top_p} must be in (0, 1].")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything a run needs; saved as config.json in its workdir."""
+
+    name: str = _field("base", "preset this config started from")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def validate(self) -> Config:
+        for section in (self.model, self.data, self.train, self.decode):
+            section.validate()
+        if self.data.vocab_size != self.model.vocab_size:
+            raise ConfigError(
+                f"data.vocab_size={self.data.vocab_size} differs from model.vocab_size="
+                f"{self.model.vocab_size}; set both to the same value."
+            )
+        if self.data.max_length + 1 > self.model.max_length:
+            raise ConfigError(
+                f"data.max_length={self.data.max_length} (+1 for EOS) exceeds "
+                f"model.max_length={self.model.max_length}; raise model.max_length."
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _base() -> Config:
+    return Config(name="base")
+
+
+def _big() -> Config:
+    model = ModelConfig(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3)
+    return Config(name="big", model=model)
+
+
+def _tiny() -> Config:
+    """A model for tests and CPU runs on number_words (about 0.5 M parameters)."""
+    model = ModelConfig(
+        vocab_size=256, d_model=128, num_heads=4, d_ff=512,
+        num_encoder_layers=2, num_decoder_layers=2, max_length=64, dropout_rate=0.1,
+    )
+    data = DataConfig(vocab_size=256, max_length=40, tokens_per_batch=4096,
+                      bucket_lengths=(16, 24, 32, 40), eval_examples=500)
+    train = TrainConfig(
+        num_steps=1500, learning_rate_scale=2.0, warmup_steps=400, log_every=50,
+        eval_every=500, checkpoint_every=500, keep_checkpoints=3,
+    )
+    decode = DecodeConfig(tokens_per_batch=2048)
+    return Config(name="tiny", model=model, data=data, train=train, decode=decode)
+
+
+def _default() -> Config:
+    """What ``python train.py`` runs: tiny on the built-in number_words task."""
+    return dataclasses.replace(_tiny(), name="default")
+
+
+def _multi30k() -> Config:
+    """A small Transformer for Multi30k EN→DE on a CPU (set data.*_files)."""
+    model = ModelConfig(
+        vocab_size=8000, d_model=256, num_heads=4, d_ff=1024,
+        num_encoder_layers=3, num_decoder_layers=3, max_length=128, dropout_rate=0.1,
+    )
+    data = DataConfig(
+        dataset="parallel_text", vocab_size=8000, max_length=64, tokens_per_batch=6000,
+        bucket_lengths=(16, 24, 32, 48, 64), eval_examples=0,
+    )
+    train = TrainConfig(num_steps=6000, learning_rate_scale=1.0, warmup_steps=1000,
+                        eval_every=1000, checkpoint_every=1000, average_last=5)
+    return Config(name="multi30k", model=model, data=data, train=train)
+
+
+PRESETS = {
+    "tiny": _tiny, "base": _base, "big": _big, "default": _default, "multi30k": _multi30k,
+}
+
+
+def get_config(name: str = "default") -> Config:
+    """Returns the preset called ``name`` (one of PRESETS)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    return PRESETS[name]().validate()
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _sections(config: Config) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if dataclasses.is_dataclass(getattr(config, f.name))}
+
+
+def iter_fields(config: Config):
+    """Yields (dotted_name, type, default, help) for every leaf field."""
+    for section_name, section in _sections(config).items():
+        hints = typing.get_type_hints(type(section))
+        for f in dataclasses.fields(section):
+            yield (f"{section_name}.{f.name}", hints[f.name], getattr(section, f.name),
+                   f.metadata.get("help", ""))
+
+
+def _parse_value(dotted: str, kind: Any, text: str) -> Any:
+    """Parses ``text`` as a value of ``kind`` or raises ConfigError naming the field."""
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if kind in (int, float, str):
+            return kind(text)
+        if typing.get_origin(kind) is tuple:
+            parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+            return tuple(int(p) for p in parts)
+    except ValueError:
+        pass
+    name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"--config.{dotted}={text!r} is not a valid {name}.")
+
+
+def override(config: Config, assignments: dict[str, str]) -> Config:
+    """Applies ``{"train.num_steps": "300"}``-style string overrides and validates."""
+    known = {name: kind for name, kind, _, _ in iter_fields(config)}
+    sections = _sections(config)
+    for dotted, text in assignments.items():
+        if dotted not in known:
+            raise ConfigError(
+                f"unknown config key {dotted!r}; see --help for the list of fields."
+            )
+        section_name, field_name = dotted.split(".", 1)
+        value = _parse_value(dotted, known[dotted], text)
+        sections[section_name] = dataclasses.replace(
+            sections[section_name], **{field_name: value}
+        )
+    return dataclasses.replace(config, **sections).validate()
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuilds a Config from ``to_dict`` output (e.g. a run's config.json)."""
+    sections = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "name":
+            continue
+        section_type = typing.get_type_hints(Config)[f.name]
+        hints = typing.get_type_hints(section_type)
+        raw = dict(values.get(f.name, {}))
+        unknown = set(raw) - set(hints)
+        if unknown:
+            raise ConfigError(f"unknown keys in config section {f.name!r}: {sorted(unknown)}")
+        for key, kind in hints.items():
+            if key in raw and typing.get_origin(kind) is tuple:
+                raw[key] = tuple(raw[key])
+        sections[f.name] = section_type(**raw)
+    return Config(name=values.get("name", "custom"), **sections).validate()
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> Config:
+    return from_dict(json.loads(text))
+
+
+def _check(section: Any, names: tuple[str, ...], ok, requirement: str) -> None:
+    section_name = type(section).__name__.replace("Config", "").lower()
+    for name in names:
+        value = getattr(section, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+            raise ConfigError(f"{section_name}.{name}={value!r} must be {requirement}.")
+
+
+def _positive(section: Any, *names: str) -> None:
+    _check(section, names, lambda v: v > 0, "positive")
+
+
+def _non_negative(section: Any, *names: str) -> None:
+    _check(section, names, lambda v: v >= 0, "zero or positive")
+
+
+def _in_unit_interval(section: Any, *names: str) -> None:
+    _check(section, names, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _one_of(section: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(section, name)
+    if value not in choices:
+        section_name = type(section).__name__.replace("Config", "").lower()
+        raise ConfigError(f"{section_name}.{name}={value!r} must be one of {choices}.")
+
