@@ -23,9 +23,10 @@ def _dtypes(config: ModelConfig) -> dict:
     return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
 
 
-def dense(config: ModelConfig, features: int, name: str | None = None) -> nn.Dense:
+def dense(config: ModelConfig, features: int, name: str | None = None,
+          use_bias: bool = True) -> nn.Dense:
     return nn.Dense(features, kernel_init=nn.initializers.xavier_uniform(), name=name,
-                    **_dtypes(config))
+                    use_bias=use_bias, **_dtypes(config))
 
 
 def layer_norm(config: ModelConfig) -> nn.LayerNorm:
@@ -38,11 +39,13 @@ class MultiHeadAttention(nn.Module):
     config: ModelConfig
 
     def setup(self):
+        # The paper's projections W^Q, W^K, W^V, W^O are plain matrices. A key bias would
+        # also be useless: it adds q·b to a whole row of logits, which softmax ignores.
         d_model = self.config.d_model
-        self.query = dense(self.config, d_model)
-        self.key = dense(self.config, d_model)
-        self.value = dense(self.config, d_model)
-        self.output = dense(self.config, d_model)
+        self.query = dense(self.config, d_model, use_bias=False)
+        self.key = dense(self.config, d_model, use_bias=False)
+        self.value = dense(self.config, d_model, use_bias=False)
+        self.output = dense(self.config, d_model, use_bias=False)
 
     def project_query(self, inputs: Array) -> Array:
         """[B, T, D] -> queries [B, T, H, K]."""

@@ -1,0 +1,238 @@
+"""Run directories and Orbax checkpoints; the only module that imports Orbax.
+
+A run directory is self-describing::
+
+    WORKDIR/config.json          the Config of the run (restored by decode.py)
+    WORKDIR/tokenizer.model      the SentencePiece model (written by data/)
+    WORKDIR/checkpoints/<step>/  state (params, optimizer, step, EMA) + data iterator state
+    WORKDIR/averaged/<step>/     parameters averaged over the last N checkpoints
+    WORKDIR/metrics.jsonl, WORKDIR/tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flax_transformer import config as config_lib
+
+log = logging.getLogger(__name__)
+Policies = ocp.checkpoint_managers
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that does not fit the run's config."""
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def check_writable(workdir: str) -> None:
+    """Fails early, with what to do, when the workdir cannot be written (or the disk is full)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_") as handle:
+            handle.write(b"\0" * 1024 * 1024)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise CheckpointError(
+            f"cannot write to workdir {workdir!r} ({error.strerror or error}); choose a "
+            "writable --workdir with free space.") from error
+
+
+def _atomic_write(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+        temporary = handle.name
+    os.replace(temporary, path)
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def save_config(workdir: str, config: config_lib.Config) -> None:
+    _atomic_write(config_path(workdir), config_lib.to_json(config) + "\n")
+
+
+def load_config(workdir: str) -> config_lib.Config:
+    """The Config saved in ``workdir``; a clear error when there is none."""
+    path = config_path(workdir)
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"{path} not found: {workdir!r} is not a run directory of train.py. Pass the "
+            "--workdir that train.py wrote to.")
+    with open(path) as handle:
+        return config_lib.from_json(handle.read())
+
+
+def config_differences(saved: config_lib.Config, new: config_lib.Config) -> list[str]:
+    """Fields (model and data) whose change makes old checkpoints unusable for ``new``."""
+    differences = []
+    for section in ("model", "data"):
+        old_values = config_lib.to_dict(saved)[section]
+        new_values = config_lib.to_dict(new)[section]
+        for key in sorted(old_values):
+            if key in ("num_workers", "eval_examples"):
+                continue
+            if old_values[key] != new_values.get(key):
+                differences.append(
+                    f"{section}.{key}: {old_values[key]!r} -> {new_values.get(key)!r}")
+    return differences
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _bleu(metrics: dict) -> float:
+    return float(metrics["bleu"])
+
+
+def _manager(directory: str, keep: int, async_save: bool, read_only: bool = False):
+    policy = Policies.AnyPreservationPolicy([
+        Policies.LatestN(n=keep),
+        Policies.BestN(get_metric_fn=_bleu, n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, best_fn=_bleu, best_mode="max",
+        enable_async_checkpointing=async_save,
+        read_only=read_only, create=not read_only)
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+
+
+class Checkpoints:
+    """Saves and restores training states of one run directory.
+
+    Saves are asynchronous (training goes on while files are written) and atomic: Orbax
+    writes into a temporary directory and renames it when complete, so a killed process
+    never leaves a checkpoint that ``restore`` would pick.
+    """
+
+    def __init__(self, workdir: str, keep: int = 5, async_save: bool = True,
+                 subdir: str = "checkpoints"):
+        self.directory = os.path.abspath(os.path.join(workdir, subdir))
+        self._manager = _manager(self.directory, keep, async_save)
+
+    def save(self, step: int, state: Any, data_state: dict | None = None,
+             metrics: dict | None = None) -> None:
+        """Starts saving ``state`` (a host pytree) and the data iterator state at ``step``."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave(data_state or {}))
+        self._manager.save(step, args=args, metrics=metrics, force=True)
+
+    def steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        """Step with the highest validation BLEU saved so far, or None."""
+        self._manager.reload()
+        return self._manager.best_step()
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """Restores (state, data_state, step); the newest readable step when ``step`` is None.
+
+        A checkpoint that fails to read (corrupted or truncated files) is reported and the
+        previous one is tried, so one bad write costs one interval of training, not the run.
+        """
+        candidates = [step] if step is not None else list(reversed(self.steps()))
+        if not candidates:
+            raise CheckpointError(f"no checkpoint in {self.directory}.")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        for candidate in candidates:
+            try:
+                restored = self._manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+            except Exception as error:  # noqa: BLE001 - any read failure means "unusable"
+                if step is not None:
+                    raise CheckpointError(
+                        f"checkpoint {candidate} in {self.directory} cannot be restored: "
+                        f"{_short(error)}") from error
+                log.warning("checkpoint %s in %s is unreadable (%s); trying the previous one.",
+                            candidate, self.directory, _short(error))
+                continue
+            return restored.state, dict(restored.data or {}), candidate
+        raise CheckpointError(
+            f"none of the checkpoints {candidates} in {self.directory} can be read; start "
+            "fresh in a new --workdir.")
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _short(error: Exception) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) < 300 else text[:300] + "…"
+
+
+def average_last(workdir: str, target: Any, count: int, keep: int = 5) -> int:
+    """Averages the parameters of the last ``count`` checkpoints into WORKDIR/averaged.
+
+    Returns:
+      the step under which the average is saved (the newest step averaged).
+    """
+    checkpoints = Checkpoints(workdir, keep=keep, async_save=False)
+    steps = checkpoints.steps()[-count:]
+    if not steps:
+        raise CheckpointError(f"no checkpoints in {checkpoints.directory} to average.")
+    total = None
+    for step in steps:
+        state, _, _ = checkpoints.restore(target, step)
+        params = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), state.params)
+        total = params if total is None else jax.tree.map(np.add, total, params)
+    averaged = jax.tree.map(lambda leaf, like: (leaf / len(steps)).astype(like.dtype),
+                            total, state.params)
+    out = Checkpoints(workdir, keep=1, async_save=False, subdir="averaged")
+    out.save(steps[-1], state.replace(params=averaged), {"averaged_steps": steps})
+    out.wait()
+    out.close()
+    checkpoints.close()
+    return steps[-1]
+
+
+def restore_params(workdir: str, target: Any, which: str = "best",
+                   use_ema: bool = False) -> tuple[Any, int, str]:
+    """Parameters for inference: which = 'best', 'latest', 'averaged' or a step number.
+
+    Returns:
+      (params, step, description of what was restored).
+    """
+    subdir = "averaged" if which == "averaged" else "checkpoints"
+    if not os.path.isdir(os.path.join(workdir, subdir)):
+        raise CheckpointError(
+            f"no {subdir}/ in {workdir!r}: train first (python train.py --workdir "
+            f"{workdir}){' with --config.train.average_last=5' if subdir == 'averaged' else ''}.")
+    checkpoints = Checkpoints(workdir, async_save=False, subdir=subdir)
+    step = None
+    if which == "best":
+        step = checkpoints.best_step()
+    elif which not in ("latest", "averaged"):
+        step = int(which)
+    state, _, step = checkpoints.restore(target, step)
+    checkpoints.close()
+    if use_ema and state.ema_params is None:
+        raise CheckpointError("this run kept no EMA of parameters (train.ema_decay was 0).")
+    params = state.ema_params if use_ema else state.params
+    return params, step, f"{subdir}/{step}{' (EMA)' if use_ema else ''}"
+
+
+def save_json(path: str, values: dict) -> None:
+    _atomic_write(path, json.dumps(values, indent=2) + "\n")

@@ -1,0 +1,138 @@
+"""The only module that knows about devices: pmap replicas, or jit over a data mesh.
+
+Both strategies compile the same pure ``train_step``/``eval_step`` and expose the same
+four verbs, so the training loop never branches on the strategy:
+
+    strategy.put_state(host_state)   -> state on the devices
+    strategy.put_batch(local_batch)  -> batch on the devices
+    strategy.train_step(state, batch, rng) -> (state, metrics)   # state donated
+    strategy.get_state(state)        -> one copy of the state (for checkpoints, decoding)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flax_transformer import training
+from flax_transformer.config import Config
+
+AXIS = "data"
+
+
+def initialize_distributed(coordinator: str = "", num_processes: int = 0,
+                           process_id: int = -1) -> bool:
+    """Starts jax.distributed when the job runs as several processes; returns whether it did.
+
+    Flags win over the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID); on TPU pods and SLURM jax finds everything by itself when all are unset.
+    """
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
+    if process_id < 0:
+        process_id = int(os.environ.get("JAX_PROCESS_ID", "-1"))
+    if num_processes <= 1 and not coordinator:
+        return False
+    jax.distributed.initialize(coordinator_address=coordinator or None,
+                               num_processes=num_processes or None,
+                               process_id=None if process_id < 0 else process_id)
+    return True
+
+
+def describe_devices() -> str:
+    devices = jax.devices()
+    kinds = sorted({device.device_kind for device in devices})
+    return (f"{len(devices)} device(s) ({', '.join(kinds)}), {jax.local_device_count()} local, "
+            f"process {jax.process_index()} of {jax.process_count()}")
+
+
+class PmapStrategy:
+    """One replica of the state per local device; gradients summed with lax.psum."""
+
+    def __init__(self, config: Config):
+        self.batch_multiple = jax.local_device_count()
+        step = functools.partial(training.train_step, config=config, axis_name=AXIS)
+        self._train = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+        self._eval = jax.pmap(functools.partial(training.eval_step, config=config,
+                                                axis_name=AXIS), axis_name=AXIS)
+
+    def put_state(self, state: Any) -> Any:
+        return flax.jax_utils.replicate(jax.device_get(state), jax.local_devices())
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        count = jax.local_device_count()
+        return {key: value.reshape(count, value.shape[0] // count, *value.shape[1:])
+                for key, value in batch.items()}
+
+    def train_step(self, state, batch, rng):
+        return self._train(state, batch, rng)
+
+    def eval_step(self, state, batch):
+        return _first(self._eval(state.params, batch))
+
+    def get_state(self, state: Any) -> Any:
+        return jax.device_get(_first(state))
+
+    @staticmethod
+    def metrics(metrics: Any) -> Any:
+        return _first(metrics)
+
+
+class MeshStrategy:
+    """jit over a 1-D ``data`` mesh: batch sharded on rows, state replicated."""
+
+    def __init__(self, config: Config):
+        self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
+        self.batch_multiple = jax.local_device_count()
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._rows = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        step = functools.partial(training.train_step, config=config)
+        self._train = jax.jit(step, donate_argnums=(0,),
+                              out_shardings=(self._replicated, self._replicated))
+        self._eval = jax.jit(functools.partial(training.eval_step, config=config),
+                             out_shardings=self._replicated)
+
+    def put_state(self, state: Any) -> Any:
+        # From host copies: the step donates its input, which must not free the caller's.
+        return jax.device_put(jax.device_get(state), self._replicated)
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {key: jax.make_array_from_process_local_data(self._rows, value)
+                for key, value in batch.items()}
+
+    def train_step(self, state, batch, rng):
+        return self._train(state, batch, rng)
+
+    def eval_step(self, state, batch):
+        return self._eval(state.params, batch)
+
+    def get_state(self, state: Any) -> Any:
+        # Replicated arrays of a multi-process mesh are not fully addressable: read a local copy.
+        return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), state)
+
+    @staticmethod
+    def metrics(metrics: Any) -> Any:
+        return metrics
+
+
+def make_strategy(config: Config) -> PmapStrategy | MeshStrategy:
+    """The strategy config.train.parallelism names."""
+    if config.train.parallelism == "pmap":
+        return PmapStrategy(config)
+    return MeshStrategy(config)
+
+
+def _first(tree: Any) -> Any:
+    return jax.tree.map(lambda leaf: leaf[0], tree)
+
+
+def step_rng(root: jax.Array, step: int | jax.Array) -> jax.Array:
+    """The key of one step: the root key folded by the step number."""
+    return jax.random.fold_in(root, jnp.asarray(step, jnp.uint32))

@@ -1,0 +1,187 @@
+"""The paper's training recipe as pure functions: schedule, optimizer, state, train/eval steps.
+
+Nothing here knows about devices: ``parallel.py`` compiles these steps with pmap or with
+jit over a mesh, and ``loop.py`` drives them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from flax_transformer import losses
+from flax_transformer.config import Config, ModelConfig, TrainConfig
+from flax_transformer.model import Transformer
+
+Batch = dict[str, jnp.ndarray]
+Metrics = dict[str, tuple[jnp.ndarray, jnp.ndarray]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; a pytree of arrays."""
+
+    step: jnp.ndarray                 # int32 [], optimizer steps taken
+    params: Any
+    opt_state: Any
+    ema_params: Any                   # same tree as params, or None when EMA is off
+
+
+def learning_rate_schedule(train: TrainConfig, d_model: int) -> optax.Schedule:
+    """lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), step counted from 1."""
+    def schedule(count):
+        step = jnp.asarray(count, jnp.float32) + 1.0
+        return (train.learning_rate_scale * d_model ** -0.5
+                * jnp.minimum(step ** -0.5, step * train.warmup_steps ** -1.5))
+    return schedule
+
+
+def make_optimizer(train: TrainConfig, d_model: int) -> optax.GradientTransformation:
+    """Adam(β1, β2, ε) on the paper's schedule; optional clipping, weight decay, accumulation."""
+    schedule = learning_rate_schedule(train, d_model)
+    if train.weight_decay > 0:
+        adam = optax.adamw(schedule, train.adam_beta1, train.adam_beta2, train.adam_epsilon,
+                           weight_decay=train.weight_decay)
+    else:
+        adam = optax.adam(schedule, train.adam_beta1, train.adam_beta2, train.adam_epsilon)
+    if train.gradient_clip_norm > 0:
+        adam = optax.chain(optax.clip_by_global_norm(train.gradient_clip_norm), adam)
+    if train.gradient_accumulation > 1:
+        adam = optax.MultiSteps(adam, every_k_schedule=train.gradient_accumulation)
+    return adam
+
+
+def init_params(model_config: ModelConfig, rng: jax.Array, length: int = 8) -> Any:
+    """Initial parameters of the encoder–decoder model (shapes do not depend on length)."""
+    tokens = jnp.ones((1, length), jnp.int32)
+    return Transformer(model_config).init(rng, tokens, tokens)["params"]
+
+
+def create_train_state(config: Config, rng: jax.Array) -> TrainState:
+    """A fresh state: initial parameters, optimizer state, step 0."""
+    params = init_params(config.model, rng)
+    optimizer = make_optimizer(config.train, config.model.d_model)
+    ema = params if config.train.ema_decay > 0 else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params), ema_params=ema)
+
+
+def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
+    return {
+        "source_tokens": batch["source"], "target_tokens": batch["target_input"],
+        "source_segments": batch.get("source_segments"),
+        "target_segments": batch.get("target_segments"),
+        "source_positions": batch.get("source_positions"),
+        "target_positions": batch.get("target_positions"),
+    }
+
+
+def _psum(tree: Any, axis_name: str | None) -> Any:
+    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, config: Config,
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+    """One optimizer step on label-smoothed cross-entropy per non-pad target token.
+
+    Under pmap (``axis_name`` set) every device holds a slice of the global batch; the
+    loss is normalised by the GLOBAL token count and the per-device gradients are summed,
+    so the update equals the single-device update on the whole batch.
+
+    Args:
+      state: the TrainState (replicated under pmap).
+      batch: int32 arrays "source" [B, S], "target_input" [B, T], "target_output" [B, T]
+        (+ optional segments/positions for packed rows).
+      rng: PRNG key of this step (folded by device here under pmap).
+
+    Returns:
+      the new state and metrics as (sum, weight) pairs.
+    """
+    model = Transformer(config.model)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    targets = batch["target_output"]
+    weights = (targets != config.model.pad_id).astype(jnp.float32)            # [B, T]
+    global_weight = _psum(jnp.sum(weights), axis_name)
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, **_model_inputs(batch), deterministic=False,
+                             rngs={"dropout": rng})                           # [B, T, V]
+        loss_sum, weight = losses.label_smoothed_cross_entropy(
+            logits, targets, weights, config.train.label_smoothing)
+        return loss_sum / jnp.maximum(global_weight, 1.0), (logits, loss_sum, weight)
+
+    grads, (logits, loss_sum, weight) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = _psum(grads, axis_name)         # a sum of per-device shares of one global mean
+    optimizer = make_optimizer(config.train, config.model.d_model)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": (loss_sum, weight), **losses.token_metrics(logits, targets, weights),
+               "grad_norm": (optax.global_norm(grads), jnp.float32(1.0))}
+    metrics = _psum(metrics, axis_name)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=_ema(state.ema_params, params, config.train.ema_decay))
+    return new_state, metrics
+
+
+def _ema(ema_params: Any, params: Any, decay: float) -> Any:
+    if ema_params is None:
+        return None
+    return jax.tree.map(lambda ema, new: decay * ema + (1.0 - decay) * new, ema_params, params)
+
+
+def eval_step(params: Any, batch: Batch, *, config: Config,
+              axis_name: str | None = None) -> Metrics:
+    """Validation loss, NLL and accuracy of a batch (no dropout), as (sum, weight) pairs."""
+    model = Transformer(config.model)
+    logits = model.apply({"params": params}, **_model_inputs(batch), deterministic=True)
+    targets = batch["target_output"]
+    weights = (targets != config.model.pad_id).astype(jnp.float32)
+    loss = losses.label_smoothed_cross_entropy(logits, targets, weights,
+                                               config.train.label_smoothing)
+    return _psum({"loss": loss, **losses.token_metrics(logits, targets, weights)}, axis_name)
+
+
+def summarize(metrics: Metrics) -> dict[str, float]:
+    """(sum, weight) pairs -> plain floats; adds perplexity from the NLL."""
+    summary = {name: float(total) / max(float(weight), 1e-9)
+               for name, (total, weight) in metrics.items()}
+    if "nll" in summary:
+        summary["perplexity"] = float(jnp.exp(jnp.minimum(summary["nll"], 50.0)))
+    return summary
+
+
+def add_metrics(left: Metrics | None, right: Metrics) -> Metrics:
+    """Sums two metric dicts of (sum, weight) pairs."""
+    if left is None:
+        return right
+    return jax.tree.map(jnp.add, left, right)
+
+
+@functools.lru_cache(maxsize=None)
+def parameter_count(model_config: ModelConfig) -> int:
+    """Number of parameters, computed from shapes only (no memory, no compute)."""
+    shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.key(0)))
+    return sum(leaf.size for leaf in jax.tree.leaves(shapes))
+
+
+def train_flops_per_step(model_config: ModelConfig, batch_size: int, source_length: int,
+                         target_length: int) -> float:
+    """Model FLOPs of one training step (forward + backward = 3 × forward matmuls).
+
+    Counts every matmul of the model (projections, attention scores and mixing, FFN and the
+    output projection) at 2 FLOPs per multiply-add; ignores softmax, norms and the optimizer.
+    """
+    d, f, v = model_config.d_model, model_config.d_ff, model_config.vocab_size
+    s, t = source_length, target_length
+    encoder = model_config.num_encoder_layers * (s * (4 * d * d + 2 * d * f) + 2 * s * s * d)
+    decoder = model_config.num_decoder_layers * (
+        t * (4 * d * d + 2 * d * f) + 2 * t * t * d            # self-attention + FFN
+        + t * 2 * d * d + s * 2 * d * d + 2 * t * s * d)       # cross-attention Q/O, K/V, scores
+    forward = 2 * batch_size * (encoder + decoder + t * d * v)
+    return 3.0 * forward
