@@ -157,7 +157,7 @@ class Checkpoints:
             try:
                 restored = self._manager.restore(candidate, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-            except Exception as error:  # noqa: BLE001 - any read failure means "unusable"
+            except Exception as error:
                 if step is not None:
                     raise CheckpointError(
                         f"checkpoint {candidate} in {self.directory} cannot be restored: "

@@ -80,6 +80,10 @@ class PmapStrategy:
     def get_state(self, state: Any) -> Any:
         return jax.device_get(_first(state))
 
+    def get_params(self, state: Any) -> Any:
+        """The parameters on one local device, for single-device computations (decoding)."""
+        return _first(state.params)
+
     @staticmethod
     def metrics(metrics: Any) -> Any:
         return _first(metrics)
@@ -116,6 +120,10 @@ class MeshStrategy:
     def get_state(self, state: Any) -> Any:
         # Replicated arrays of a multi-process mesh are not fully addressable: read a local copy.
         return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)), state)
+
+    def get_params(self, state: Any) -> Any:
+        """The parameters on one local device, for single-device computations (decoding)."""
+        return jax.tree.map(lambda leaf: leaf.addressable_data(0), state.params)
 
     @staticmethod
     def metrics(metrics: Any) -> Any:

@@ -163,7 +163,7 @@ def add_metrics(left: Metrics | None, right: Metrics) -> Metrics:
     return jax.tree.map(jnp.add, left, right)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parameter_count(model_config: ModelConfig) -> int:
     """Number of parameters, computed from shapes only (no memory, no compute)."""
     shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.key(0)))

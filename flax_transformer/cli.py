@@ -1,0 +1,39 @@
+"""Command-line parsing shared by train.py and decode.py: presets and dotted overrides.
+
+    --config tiny                      a preset by name
+    --config.train.num_steps=300       any field, by its dotted name (see --help)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flax_transformer import config as config_lib
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    """Adds --config PRESET and one --config.SECTION.FIELD flag per field, with its doc."""
+    parser.add_argument("--config", default=default_preset, choices=sorted(config_lib.PRESETS),
+                        help=f"preset to start from (default: {default_preset})")
+    defaults = config_lib.get_config(default_preset)
+    group = parser.add_argument_group(
+        "config fields", "override any field of the preset: --config.SECTION.FIELD=VALUE "
+        f"(defaults shown are the {default_preset!r} preset's)")
+    for dotted, kind, default, doc in config_lib.iter_fields(defaults):
+        type_name = getattr(kind, "__name__", "tuple of ints")
+        group.add_argument(f"--config.{dotted}", dest=f"override:{dotted}", default=None,
+                           metavar=type_name.upper(), help=f"{doc} (default: {default!r})")
+
+
+def config_from_args(args: argparse.Namespace) -> config_lib.Config:
+    """The preset named by --config with every --config.X.Y override applied."""
+    overrides = {key.split(":", 1)[1]: value for key, value in vars(args).items()
+                 if key.startswith("override:") and value is not None}
+    return config_lib.override(config_lib.get_config(args.config), overrides)
+
+
+def fail(message: str) -> None:
+    """Prints one clear line and exits with status 2 (a user error, not a crash)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

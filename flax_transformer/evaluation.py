@@ -1,0 +1,84 @@
+"""Validation during training: loss/perplexity/accuracy, and sacreBLEU of greedy outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+import sacrebleu
+
+from flax_transformer import data, decoding, training
+from flax_transformer.config import Config
+from flax_transformer.model import Transformer
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+    """Corpus BLEU, cased, on detokenized text with sacreBLEU's 13a tokenizer.
+
+    Returns:
+      (score, sacreBLEU signature).
+    """
+    metric = sacrebleu.BLEU()
+    score = metric.corpus_score(hypotheses, [references]).score
+    return score, str(metric.get_signature())
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+    metric = sacrebleu.CHRF()
+    return metric.corpus_score(hypotheses, [references]).score, str(metric.get_signature())
+
+
+def exact_match(hypotheses: list[str], references: list[str]) -> float:
+    """Fraction of outputs identical to their reference (after stripping outer spaces)."""
+    pairs = list(zip(hypotheses, references, strict=True))
+    return sum(h.strip() == r.strip() for h, r in pairs) / max(len(pairs), 1)
+
+
+class Evaluator:
+    """Evaluates a training state on the validation split."""
+
+    def __init__(self, config: Config, split: Any, tokenizer: Any, strategy: Any):
+        self.config = config
+        self.strategy = strategy
+        self.tokenizer = tokenizer
+        self.loss_batches = data.eval_batches(split, tokenizer, config.data,
+                                              strategy.batch_multiple)
+        self.decode_batches = data.eval_batches(split, tokenizer, config.data, 1,
+                                                max_examples=config.data.eval_examples)
+        count = sum(int(np.sum(batch["index"] >= 0)) for batch in self.decode_batches)
+        self.references = [split[i]["target"] for i in range(count)]
+        greedy = dataclasses.replace(config.decode, method="greedy",
+                                     max_extra_length=config.train.max_eval_length_extra)
+        self.translate = decoding.make_translate_fn(
+            Transformer(config.model), greedy, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id)
+        self.signature_printed = False
+
+    def translations(self, params: Any) -> list[str]:
+        """Greedy outputs for the first eval_examples validation sources, in order."""
+        outputs: dict[int, str] = {}
+        for batch in self.decode_batches:
+            tokens = np.asarray(self.translate(params, batch["source"]))
+            for index, row in zip(batch["index"], tokens, strict=True):
+                if index >= 0:
+                    outputs[int(index)] = self.tokenizer.decode(row.tolist())
+        return [outputs[i] for i in range(len(self.references))]
+
+    def evaluate(self, state: Any) -> dict:
+        """Loss, perplexity, accuracy, BLEU and exact match on the validation split."""
+        metrics = None
+        for batch in self.loss_batches:
+            batch = {k: v for k, v in batch.items() if k != "index"}
+            metrics = training.add_metrics(
+                metrics, self.strategy.eval_step(state, self.strategy.put_batch(batch)))
+        results = training.summarize(jax.device_get(metrics))
+        params = self.strategy.get_params(state)
+        hypotheses = self.translations(params)
+        results["bleu"], signature = bleu(hypotheses, self.references)
+        results["exact_match"] = exact_match(hypotheses, self.references)
+        if not self.signature_printed:
+            print(f"BLEU signature: {signature}")
+            self.signature_printed = True
+        return results

@@ -1,0 +1,278 @@
+"""The training loop: data → compiled steps → metrics, evaluation and checkpoints.
+
+``train_and_evaluate(config, workdir)`` is what ``train.py`` calls. Running it again on the
+same workdir resumes exactly where the last checkpoint left off (parameters, optimizer,
+step, data iterator); SIGTERM/SIGINT save a checkpoint and return cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from flax_transformer import checkpoint, data, evaluation, parallel, training
+from flax_transformer.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or cannot go on; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop carries between steps (host-side only)."""
+
+    config: Config
+    workdir: str
+    strategy: Any
+    checkpoints: checkpoint.Checkpoints
+    writer: Any
+    train_batches: Any
+    evaluator: evaluation.Evaluator
+    root_rng: jax.Array
+    step: int = 0
+    stop_requested: bool = False
+    last_batch_shape: tuple[int, int, int] = (1, 1, 1)   # global (B, S, T)
+    last_eval: dict = dataclasses.field(default_factory=dict)
+
+
+def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> None:
+    """Checks the workdir can be written and holds no run of a different config."""
+    checkpoint.check_writable(workdir)
+    if os.path.exists(checkpoint.config_path(workdir)):
+        saved = checkpoint.load_config(workdir)
+        differences = checkpoint.config_differences(saved, config)
+        if differences and not fresh:
+            raise TrainingError(
+                f"{workdir!r} holds a run with a different config ({'; '.join(differences)}). "
+                "Use another --workdir, or pass --fresh to move the old run aside and start "
+                "over.")
+        if differences and fresh:
+            backup = f"{workdir.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(workdir, backup)
+            log.warning("moved the previous run to %s", backup)
+            checkpoint.check_writable(workdir)
+    if jax.process_index() == 0:
+        checkpoint.save_config(workdir, config)
+
+
+def _setup(config: Config, workdir: str) -> _Run:
+    splits = data.load_splits(config.data, workdir)
+    tokenizer = data.get_tokenizer(config.data, workdir, splits["train"])
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise TrainingError(
+            f"the tokenizer in {workdir} has {tokenizer.vocab_size} pieces but "
+            f"model.vocab_size={config.model.vocab_size}; use a fresh --workdir.")
+    strategy = parallel.make_strategy(config)
+    train_batches = data.train_batches(
+        splits["train"], tokenizer, config.data, batch_multiple=strategy.batch_multiple,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    evaluator = evaluation.Evaluator(config, splits["validation"], tokenizer, strategy)
+    from flax_transformer.metrics_writer import MetricsWriter
+
+    return _Run(config=config, workdir=workdir, strategy=strategy,
+                checkpoints=checkpoint.Checkpoints(workdir, config.train.keep_checkpoints),
+                writer=MetricsWriter(workdir, enabled=jax.process_index() == 0),
+                train_batches=train_batches, evaluator=evaluator,
+                root_rng=jax.random.key(config.train.seed))
+
+
+def _initial_state(run: _Run) -> Any:
+    """A fresh state, or the newest readable checkpoint (with the data iterator state)."""
+    init_rng = jax.random.fold_in(run.root_rng, 0)
+    state = jax.device_get(training.create_train_state(run.config, init_rng))
+    if run.checkpoints.latest_step() is None:
+        return state
+    state, data_state, step = run.checkpoints.restore(state)
+    run.train_batches.set_state(data_state)
+    run.step = int(step)
+    log.info("resumed from %s/%d", run.checkpoints.directory, step)
+    return state
+
+
+def _announce(run: _Run) -> None:
+    config = run.config
+    print(f"flax_transformer: preset {config.name!r}, "
+          f"{training.parameter_count(config.model) / 1e6:.2f} M parameters, "
+          f"{config.train.parallelism} over {parallel.describe_devices()}")
+    print(f"data: {data.describe(config.data)}; "
+          f"{config.data.tokens_per_batch} tokens per batch; workdir {run.workdir}")
+    if run.step:
+        print(f"resuming at step {run.step} of {config.train.num_steps}")
+
+
+def _install_signal_handlers(run: _Run) -> dict:
+    """SIGTERM/SIGINT ask the loop to save and stop after the current step."""
+    def request_stop(signum, frame):
+        del frame
+        run.stop_requested = True
+        log.warning("received signal %d: saving a checkpoint and stopping.", signum)
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Outside the main thread (e.g. some notebook runners) no handler can be set.
+        with contextlib.suppress(ValueError):
+            previous[signum] = signal.signal(signum, request_stop)
+    return previous
+
+
+def _save(run: _Run, state: Any, metrics: dict | None = None) -> None:
+    host_state = run.strategy.get_state(state)
+    if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(host_state.params)):
+        raise TrainingError(
+            f"parameters are not finite at step {run.step}; not saving. The last good "
+            f"checkpoint is step {run.checkpoints.latest_step()}.")
+    run.checkpoints.save(run.step, host_state, run.train_batches.get_state(), metrics)
+
+
+def _log_train(run: _Run, metrics: Any, seconds: float, tokens: int, bar: tqdm) -> None:
+    summary = training.summarize(run.strategy.metrics(metrics))
+    if not all(math.isfinite(value) for value in summary.values()):
+        raise TrainingError(
+            f"the training loss became {summary['loss']} at step {run.step} (not finite). "
+            f"The last good checkpoint is step {run.checkpoints.latest_step()}; lower "
+            "train.learning_rate_scale or set train.gradient_clip_norm and resume.")
+    schedule = training.learning_rate_schedule(run.config.train, run.config.model.d_model)
+    summary["learning_rate"] = float(schedule(run.step - 1))
+    summary["tokens_per_second"] = tokens / max(seconds, 1e-9)
+    summary.update(_mfu(run, summary["tokens_per_second"]))
+    run.writer.write(run.step, "train", summary)
+    bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{summary['learning_rate']:.2e}",
+                    tok_s=f"{summary['tokens_per_second']:.0f}", refresh=False)
+
+
+def _mfu(run: _Run, tokens_per_second: float) -> dict[str, float]:
+    """Model FLOP/s (and utilisation when the peak is configured) of the last interval."""
+    shape = run.last_batch_shape
+    flops = training.train_flops_per_step(run.config.model, *shape)
+    tokens_per_step = shape[0] * (shape[1] + shape[2])
+    model_flops = flops * tokens_per_second / max(tokens_per_step, 1)
+    result = {"model_tflops_per_second": model_flops / 1e12}
+    if run.config.train.peak_flops > 0:
+        result["mfu"] = model_flops / run.config.train.peak_flops
+    return result
+
+
+def _evaluate(run: _Run, state: Any) -> dict:
+    results = run.evaluator.evaluate(state)
+    run.writer.write(run.step, "validation", results)
+    run.last_eval = results
+    tqdm.write(f"step {run.step}: " + ", ".join(
+        f"{name} {value:.4g}" for name, value in results.items() if isinstance(value, float)))
+    return results
+
+
+def _train_steps(run: _Run, state: Any) -> Any:
+    """Runs steps until num_steps or a stop request; evaluates, logs and saves on schedule."""
+    train = run.config.train
+    interval_metrics, interval_tokens, interval_start = None, 0, time.perf_counter()
+    with tqdm(total=train.num_steps, initial=run.step, desc="train", unit="step",
+              disable=jax.process_index() != 0, dynamic_ncols=True) as bar:
+        while run.step < train.num_steps and not run.stop_requested:
+            batch = next(run.train_batches)
+            rng = parallel.step_rng(run.root_rng, run.step + 1)
+            state, metrics = run.strategy.train_step(state, run.strategy.put_batch(batch), rng)
+            run.step += 1
+            bar.update(1)
+            interval_metrics = training.add_metrics(interval_metrics, metrics)
+            interval_tokens += int(np.count_nonzero(batch["target_output"])) * jax.process_count()
+            run.last_batch_shape = (batch["source"].shape[0] * jax.process_count(),
+                                    batch["source"].shape[1], batch["target_output"].shape[1])
+            if run.step % train.log_every == 0 or run.step == train.num_steps:
+                _log_train(run, interval_metrics, time.perf_counter() - interval_start,
+                           interval_tokens, bar)
+                interval_metrics, interval_tokens = None, 0
+                interval_start = time.perf_counter()
+            metrics_for_save = None
+            if run.step % train.eval_every == 0 or run.step == train.num_steps:
+                metrics_for_save = {"bleu": _evaluate(run, state)["bleu"]}
+            if (run.step % train.checkpoint_every == 0 or run.step == train.num_steps
+                    or metrics_for_save or run.stop_requested):
+                _save(run, state, metrics_for_save)
+    return state
+
+
+def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the last evaluation results."""
+    config.validate()
+    prepare_workdir(config, workdir, fresh)
+    run = _setup(config, workdir)
+    state = _initial_state(run)
+    _announce(run)
+    previous_handlers = _install_signal_handlers(run)
+    try:
+        state = _train_steps(run, run.strategy.put_state(state))
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        run.checkpoints.wait()
+        run.writer.close()
+    if run.stop_requested:
+        print(f"stopped at step {run.step}; checkpoint saved. Run the same command to resume.")
+        run.checkpoints.close()
+        return run.last_eval
+    if config.train.average_last > 1:
+        target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+        step = checkpoint.average_last(workdir, target, config.train.average_last,
+                                       config.train.keep_checkpoints)
+        print(f"averaged the last {config.train.average_last} checkpoints into "
+              f"{workdir}/averaged/{step}")
+    run.checkpoints.close()
+    return run.last_eval
+
+
+USER_ERRORS = (TrainingError, checkpoint.CheckpointError, ValueError, FileNotFoundError)
+
+
+def report_test(config: Config, workdir: str, examples: int = 5) -> dict:
+    """Decodes the test split with the best checkpoint; prints BLEU, exact match, examples."""
+    splits = data.load_splits(config.data, workdir)
+    tokenizer = data.get_tokenizer(config.data, workdir, splits["train"])
+    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    params, _, what = checkpoint.restore_params(workdir, target, "best")
+    strategy = parallel.make_strategy(dataclasses.replace(
+        config, train=dataclasses.replace(config.train, parallelism="pmap")))
+    evaluator = evaluation.Evaluator(config, splits["test"], tokenizer, strategy)
+    hypotheses = evaluator.translations(params)
+    score, signature = evaluation.bleu(hypotheses, evaluator.references)
+    results = {"test_bleu": score,
+               "test_exact_match": evaluation.exact_match(hypotheses, evaluator.references)}
+    print(f"\ntest split ({len(hypotheses)} sentences, greedy, {what}): BLEU {score:.2f} "
+          f"({signature}), exact match {100 * results['test_exact_match']:.1f}%")
+    for index in range(min(examples, len(hypotheses))):
+        hypothesis, reference = hypotheses[index], evaluator.references[index]
+        verdict = "" if hypothesis == reference else f"  (reference: {reference!r})"
+        print(f"  {splits['test'][index]['source']!r} -> {hypothesis!r}{verdict}")
+    return results
+
+
+def main(config: Config, workdir: str, fresh: bool = False) -> dict:
+    """train.py's job: train (or resume), then report on the test split and suggest decoding."""
+    start = time.perf_counter()
+    results = train_and_evaluate(config, workdir, fresh)
+    if not results or jax.process_index() != 0:
+        return results
+    results = {**results, **report_test(config, workdir)}
+    results["wall_seconds"] = time.perf_counter() - start
+    checkpoint.save_json(os.path.join(workdir, "results.json"), results)
+    print(f"\ndone in {results['wall_seconds']:.0f} s. Try it:\n"
+          f"  python decode.py --workdir {workdir} --input \"{_example_input(config)}\"")
+    return results
+
+
+def _example_input(config: Config) -> str:
+    if config.data.dataset == "number_words":
+        return "four hundred twenty-one thousand three hundred seven"
+    return "A man is riding a bicycle."
