@@ -93,18 +93,18 @@ def config_differences(saved: config_lib.Config, new: config_lib.Config) -> list
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _bleu(metrics: dict) -> float:
-    return float(metrics["bleu"])
+def _score(metrics: dict) -> float:
+    return float(metrics["score"])
 
 
 def _manager(directory: str, keep: int, async_save: bool, read_only: bool = False):
     policy = Policies.AnyPreservationPolicy([
         Policies.LatestN(n=keep),
-        Policies.BestN(get_metric_fn=_bleu, n=1,
+        Policies.BestN(get_metric_fn=_score, n=1,
                        keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, best_fn=_bleu, best_mode="max",
+        preservation_policy=policy, best_fn=_score, best_mode="max",
         enable_async_checkpointing=async_save,
         read_only=read_only, create=not read_only)
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
@@ -139,7 +139,7 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        """Step with the highest validation BLEU saved so far, or None."""
+        """Step with the highest validation score (train.best_metric) so far, or None."""
         self._manager.reload()
         return self._manager.best_step()
 

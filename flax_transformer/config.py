@@ -32,7 +32,7 @@ class ModelConfig:
     num_encoder_layers: int = _field(6, "encoder layers N")
     num_decoder_layers: int = _field(6, "decoder layers N")
     dropout_rate: float = _field(0.1, "dropout on embeddings and every sub-layer output")
-    max_length: int = _field(256, "longest sequence the positional table covers")
+    max_length: int = _field(512, "longest sequence the positional table covers")
     share_embeddings: bool = _field(True, "one embedding matrix for source and target")
     tie_output: bool = _field(True, "output projection reuses the target embedding")
     norm: str = _field("post_ln", "'post_ln' (the paper) or 'pre_ln'")
@@ -125,6 +125,8 @@ class TrainConfig:
     average_last: int = _field(0, "at the end, average the last N checkpoints (paper: 5)")
     peak_flops: float = _field(0.0, "device peak FLOP/s for the MFU estimate; 0 = unknown")
     max_eval_length_extra: int = _field(50, "greedy eval decodes up to source length + this")
+    best_metric: str = _field("bleu", "validation metric that picks the best checkpoint: "
+                                      "'bleu', 'chrf' or 'exact_match'")
 
     def validate(self) -> None:
         _positive(self, "num_steps", "warmup_steps", "log_every", "eval_every")
@@ -134,6 +136,7 @@ class TrainConfig:
         _non_negative(self, "peak_flops", "max_eval_length_extra")
         _in_unit_interval(self, "label_smoothing", "ema_decay", "adam_beta1", "adam_beta2")
         _one_of(self, "parallelism", ("pmap", "mesh"))
+        _one_of(self, "best_metric", ("bleu", "chrf", "exact_match"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,8 +208,8 @@ def _tiny() -> Config:
     data = DataConfig(vocab_size=256, max_length=40, tokens_per_batch=4096,
                       bucket_lengths=(16, 24, 32, 40), eval_examples=500)
     train = TrainConfig(
-        num_steps=1500, learning_rate_scale=2.0, warmup_steps=400, log_every=50,
-        eval_every=500, checkpoint_every=500, keep_checkpoints=3,
+        num_steps=600, learning_rate_scale=2.0, warmup_steps=400, log_every=50,
+        eval_every=200, checkpoint_every=200, keep_checkpoints=3, best_metric="exact_match",
     )
     decode = DecodeConfig(tokens_per_batch=2048)
     return Config(name="tiny", model=model, data=data, train=train, decode=decode)

@@ -77,6 +77,7 @@ class Evaluator:
         params = self.strategy.get_params(state)
         hypotheses = self.translations(params)
         results["bleu"], signature = bleu(hypotheses, self.references)
+        results["chrf"], _ = chrf(hypotheses, self.references)
         results["exact_match"] = exact_match(hypotheses, self.references)
         if not self.signature_printed:
             print(f"BLEU signature: {signature}")

@@ -197,7 +197,7 @@ def _train_steps(run: _Run, state: Any) -> Any:
                 interval_start = time.perf_counter()
             metrics_for_save = None
             if run.step % train.eval_every == 0 or run.step == train.num_steps:
-                metrics_for_save = {"bleu": _evaluate(run, state)["bleu"]}
+                metrics_for_save = {"score": _evaluate(run, state)[train.best_metric]}
             if (run.step % train.checkpoint_every == 0 or run.step == train.num_steps
                     or metrics_for_save or run.stop_requested):
                 _save(run, state, metrics_for_save)
@@ -248,9 +248,11 @@ def report_test(config: Config, workdir: str, examples: int = 5) -> dict:
     hypotheses = evaluator.translations(params)
     score, signature = evaluation.bleu(hypotheses, evaluator.references)
     results = {"test_bleu": score,
+               "test_chrf": evaluation.chrf(hypotheses, evaluator.references)[0],
                "test_exact_match": evaluation.exact_match(hypotheses, evaluator.references)}
     print(f"\ntest split ({len(hypotheses)} sentences, greedy, {what}): BLEU {score:.2f} "
-          f"({signature}), exact match {100 * results['test_exact_match']:.1f}%")
+          f"({signature}), chrF {results['test_chrf']:.1f}, "
+          f"exact match {100 * results['test_exact_match']:.1f}%")
     for index in range(min(examples, len(hypotheses))):
         hypothesis, reference = hypotheses[index], evaluator.references[index]
         verdict = "" if hypothesis == reference else f"  (reference: {reference!r})"

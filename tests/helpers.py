@@ -1,0 +1,36 @@
+"""Small configs and batches shared by the training tests."""
+
+import dataclasses
+
+import numpy as np
+
+from flax_transformer import config as config_lib
+
+
+def micro_config(**train_overrides) -> config_lib.Config:
+    """A very small model (fast to compile) with dropout off unless overridden."""
+    base = config_lib.get_config("tiny")
+    model = dataclasses.replace(base.model, vocab_size=64, d_model=32, num_heads=2, d_ff=64,
+                                num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0,
+                                max_length=32)
+    data = dataclasses.replace(base.data, vocab_size=64, max_length=16, tokens_per_batch=512,
+                               bucket_lengths=(16,), eval_examples=8)
+    train = dataclasses.replace(base.train, warmup_steps=10, **train_overrides)
+    return dataclasses.replace(base, model=model, data=data, train=train).validate()
+
+
+def random_batch(rng: np.random.Generator, rows: int = 8, length: int = 12,
+                 vocab: int = 64) -> dict[str, np.ndarray]:
+    """A translation batch with ragged padding: source, BOS-shifted input, EOS-ended output."""
+    source = rng.integers(4, vocab, (rows, length)).astype(np.int32)
+    target = rng.integers(4, vocab, (rows, length)).astype(np.int32)
+    target_input = np.zeros_like(target)
+    target_output = np.zeros_like(target)
+    for row in range(rows):
+        source[row, rng.integers(3, length):] = 0
+        size = int(rng.integers(2, length))
+        target_input[row, 0] = 2
+        target_input[row, 1:size] = target[row, : size - 1]
+        target_output[row, : size - 1] = target[row, : size - 1]
+        target_output[row, size - 1] = 3
+    return {"source": source, "target_input": target_input, "target_output": target_output}

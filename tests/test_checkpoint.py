@@ -1,0 +1,104 @@
+"""checkpoint.py: Orbax save/restore, retention, corruption fallback, averaging, run dirs."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from flax_transformer import checkpoint, training
+from flax_transformer import config as config_lib
+from tests.helpers import micro_config
+
+
+@pytest.fixture(scope="module")
+def host_state():
+    return jax.device_get(training.create_train_state(micro_config(), jax.random.key(0)))
+
+
+def _with_step(state, step):
+    params = jax.tree.map(lambda leaf: leaf + step, state.params)
+    return state.replace(step=np.int32(step), params=params)
+
+
+def _save_steps(workdir, state, steps, scores=None, keep=2):
+    checkpoints = checkpoint.Checkpoints(workdir, keep=keep)
+    for step in steps:
+        metrics = {"score": scores[step]} if scores and step in scores else None
+        checkpoints.save(step, _with_step(state, step), {"position": step}, metrics)
+    checkpoints.wait()
+    return checkpoints
+
+
+def test_round_trip_restores_state_and_data_position(tmp_path, host_state):
+    checkpoints = _save_steps(str(tmp_path), host_state, [3])
+    restored, data_state, step = checkpoints.restore(host_state)
+    assert step == 3 and data_state == {"position": 3} and int(restored.step) == 3
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(_with_step(host_state, 3)),
+                         strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_keeps_the_last_k_and_the_best(tmp_path, host_state):
+    checkpoints = _save_steps(str(tmp_path), host_state, [1, 2, 3, 4, 5],
+                              scores={2: 9.0, 4: 3.0}, keep=2)
+    assert checkpoints.steps() == [2, 4, 5]
+    assert checkpoints.best_step() == 2
+
+
+def test_corrupted_latest_falls_back_to_previous(tmp_path, host_state, caplog):
+    checkpoints = _save_steps(str(tmp_path), host_state, [1, 2])
+    for path in glob.glob(os.path.join(checkpoints.directory, "2", "state", "**"),
+                          recursive=True):
+        if os.path.isfile(path) and not path.endswith("_METADATA"):
+            with open(path, "wb") as handle:
+                handle.write(b"garbage")
+    restored, data_state, step = checkpoints.restore(host_state)
+    assert step == 1 and data_state == {"position": 1}
+    assert "unreadable" in caplog.text
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be restored"):
+        checkpoints.restore(host_state, step=2)
+
+
+def test_partially_written_checkpoint_is_never_picked(tmp_path, host_state):
+    checkpoints = _save_steps(str(tmp_path), host_state, [1])
+    # What a process killed mid-save leaves: Orbax's temporary directory, never renamed.
+    partial = os.path.join(checkpoints.directory, "2.orbax-checkpoint-tmp-123")
+    os.makedirs(os.path.join(partial, "state"))
+    fresh = checkpoint.Checkpoints(str(tmp_path), keep=2)
+    assert fresh.steps() == [1]
+    assert fresh.restore(host_state)[2] == 1
+
+
+def test_average_last_is_the_mean_of_parameters(tmp_path, host_state):
+    _save_steps(str(tmp_path), host_state, [1, 2, 3], keep=3).close()
+    step = checkpoint.average_last(str(tmp_path), host_state, count=2, keep=3)
+    assert step == 3
+    params, _, what = checkpoint.restore_params(str(tmp_path), host_state, "averaged")
+    expected = jax.tree.map(lambda leaf: leaf + 2.5, host_state.params)
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert what == "averaged/3"
+
+
+def test_restore_params_explains_a_missing_run(tmp_path, host_state):
+    with pytest.raises(checkpoint.CheckpointError, match="train first"):
+        checkpoint.restore_params(str(tmp_path), host_state)
+    with pytest.raises(checkpoint.CheckpointError, match="not a run directory"):
+        checkpoint.load_config(str(tmp_path))
+
+
+def test_config_round_trip_and_differences(tmp_path):
+    config = micro_config()
+    checkpoint.save_config(str(tmp_path), config)
+    assert checkpoint.load_config(str(tmp_path)) == config
+    other = config_lib.override(config, {"model.d_ff": "128", "train.num_steps": "7"})
+    assert checkpoint.config_differences(config, other) == ["model.d_ff: 64 -> 128"]
+
+
+def test_unwritable_workdir_is_refused_early(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot write"):
+        checkpoint.check_writable(str(blocked / "run"))

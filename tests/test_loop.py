@@ -1,0 +1,108 @@
+"""loop.py end to end on a small local corpus: training, exact resume, refusals, signals."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from flax_transformer import checkpoint, data, loop, training
+from flax_transformer import config as config_lib
+from flax_transformer.data import number_words
+from tests.helpers import micro_config
+
+
+def _write_corpus(directory, seed=0):
+    """Small number-words files: 300 train, 20 validation, 20 test pairs."""
+    rng = np.random.default_rng(seed)
+    numbers = rng.choice(5000, size=340, replace=False)
+    splits = {"train": numbers[:300], "valid": numbers[300:320], "test": numbers[320:]}
+    for name, values in splits.items():
+        for language, render in (("en", number_words.english), ("de", number_words.german)):
+            with open(os.path.join(directory, f"{name}.{language}"), "w") as handle:
+                handle.write("\n".join(render(int(n)) for n in values) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return _write_corpus(str(tmp_path_factory.mktemp("corpus")))
+
+
+def _config(corpus, **train):
+    base = micro_config()
+    data_config = dataclasses.replace(
+        base.data, dataset="parallel_text", train_files=f"{corpus}/train",
+        validation_files=f"{corpus}/valid", test_files=f"{corpus}/test",
+        tokenizer_sentences=1000, tokens_per_batch=640, max_length=16, bucket_lengths=(16,))
+    train_config = dataclasses.replace(
+        base.train, **{"num_steps": 6, "log_every": 2, "eval_every": 100,
+                       "checkpoint_every": 3, "keep_checkpoints": 5, **train})
+    model = dataclasses.replace(base.model, dropout_rate=0.1)
+    return dataclasses.replace(base, model=model, data=data_config,
+                               train=train_config).validate()
+
+
+def _params(workdir, config, which="latest"):
+    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    return checkpoint.restore_params(workdir, target, which)[0]
+
+
+def test_interrupted_run_resumes_bitwise(corpus, tmp_path):
+    straight = str(tmp_path / "straight")
+    interrupted = str(tmp_path / "interrupted")
+    config = _config(corpus)
+    loop.train_and_evaluate(config, straight)
+    # Stop after the save at step 3, then rerun the full command on the same workdir.
+    loop.train_and_evaluate(config_lib.override(config, {"train.num_steps": "3"}), interrupted)
+    loop.train_and_evaluate(config, interrupted)
+    for got, want in zip(jax.tree.leaves(_params(interrupted, config)),
+                         jax.tree.leaves(_params(straight, config)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    lines = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
+    assert {line["split"] for line in lines} == {"train", "validation"}
+    assert os.path.exists(os.path.join(straight, "tokenizer.model"))
+    assert checkpoint.load_config(straight) == config
+    assert os.listdir(os.path.join(straight, "tensorboard"))
+
+
+def test_next_batch_after_resume_equals_uninterrupted(corpus, tmp_path):
+    config = _config(corpus)
+    splits = data.load_splits(config.data, str(tmp_path))
+    tokenizer = data.get_tokenizer(config.data, str(tmp_path), splits["train"])
+    straight = data.train_batches(splits["train"], tokenizer, config.data, 1)
+    expected = [next(straight) for _ in range(5)][-1]
+    first = data.train_batches(splits["train"], tokenizer, config.data, 1)
+    for _ in range(4):
+        next(first)
+    resumed = data.train_batches(splits["train"], tokenizer, config.data, 1)
+    resumed.set_state(json.loads(json.dumps(first.get_state())))
+    got = next(resumed)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_different_model_config_is_refused_then_fresh_moves_it_aside(corpus, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = _config(corpus, num_steps=2, checkpoint_every=2)
+    loop.train_and_evaluate(config, workdir)
+    changed = config_lib.override(config, {"model.d_ff": "32"})
+    with pytest.raises(loop.TrainingError, match=r"model.d_ff: 64 -> 32"):
+        loop.train_and_evaluate(changed, workdir)
+    loop.train_and_evaluate(changed, workdir, fresh=True)
+    assert checkpoint.load_config(workdir) == changed
+    assert any(name.startswith("run.old-") for name in os.listdir(tmp_path))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    workdir = str(tmp_path / "nan")
+    config = _config(corpus, num_steps=2, checkpoint_every=2)
+    loop.train_and_evaluate(config, workdir)
+    # A learning rate this large overflows the parameters within a few steps.
+    exploding = config_lib.override(config, {"train.num_steps": "40",
+                                             "train.learning_rate_scale": "1e30"})
+    with pytest.raises(loop.TrainingError, match=r"not finite"):
+        loop.train_and_evaluate(exploding, workdir)
+    assert checkpoint.Checkpoints(workdir).latest_step() == 2

@@ -1,0 +1,123 @@
+"""training.py: the schedule, the optimizer recipe and the pure train/eval steps."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flax_transformer import training
+from tests.helpers import micro_config, random_batch
+
+
+def test_schedule_is_the_papers_formula():
+    config = micro_config()
+    train = dataclasses.replace(config.train, warmup_steps=4000, learning_rate_scale=1.0)
+    schedule = training.learning_rate_schedule(train, 512)
+    for step in (1, 100, 3999, 4000, 4001, 20000):
+        expected = 512 ** -0.5 * min(step ** -0.5, step * 4000 ** -1.5)
+        np.testing.assert_allclose(float(schedule(step - 1)), expected, rtol=1e-5)
+    peak = float(schedule(3999))
+    assert peak > float(schedule(3000)) and peak > float(schedule(6000))
+
+
+def test_optimizer_is_adam_with_the_papers_betas():
+    config = micro_config()
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    grads = {"w": jnp.array([0.3, -0.1, 2.0])}
+    optimizer = training.make_optimizer(config.train, config.model.d_model)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    lr = training.learning_rate_schedule(config.train, config.model.d_model)(0)
+    # After one step Adam's bias-corrected update is -lr * g / (|g| + eps).
+    g = np.asarray(grads["w"])
+    np.testing.assert_allclose(np.asarray(updates["w"]), -lr * g / (np.abs(g) + 1e-9), rtol=1e-5)
+    assert (config.train.adam_beta1, config.train.adam_beta2, config.train.adam_epsilon) == (
+        0.9, 0.98, 1e-9)
+
+
+def test_train_step_learns_a_fixed_batch_and_counts_steps():
+    config = micro_config(learning_rate_scale=1.0)
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(0))
+    step = jax.jit(lambda s, b, r: training.train_step(s, b, r, config=config))
+    first = None
+    for index in range(60):
+        state, metrics = step(state, batch, jax.random.key(index))
+        first = first or training.summarize(metrics)["loss"]
+    last = training.summarize(metrics)
+    assert int(state.step) == 60
+    assert last["loss"] < 0.5 * first
+    assert last["accuracy"] > 0.5
+    weights = float(np.count_nonzero(batch["target_output"]))
+    assert float(metrics["loss"][1]) == weights
+
+
+def test_dropout_uses_the_rng_and_eval_is_deterministic():
+    config = micro_config()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dropout_rate=0.3))
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(1))
+    run = jax.jit(lambda r: training.train_step(state, batch, r, config=config)[1]["loss"][0])
+    assert float(run(jax.random.key(1))) != float(run(jax.random.key(2)))
+    assert float(run(jax.random.key(1))) == float(run(jax.random.key(1)))
+    evaluate = jax.jit(lambda p: training.eval_step(p, batch, config=config)["loss"][0])
+    assert float(evaluate(state.params)) == float(evaluate(state.params))
+
+
+def test_gradient_accumulation_applies_one_update_per_k_steps():
+    config = micro_config(gradient_accumulation=2)
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(2))
+    step = jax.jit(lambda s, b, r: training.train_step(s, b, r, config=config))
+    after_one, _ = step(state, batch, jax.random.key(0))
+    after_two, _ = step(after_one, batch, jax.random.key(1))
+    unchanged = jax.tree.leaves(jax.tree.map(jnp.array_equal, state.params, after_one.params))
+    changed = jax.tree.leaves(jax.tree.map(jnp.array_equal, state.params, after_two.params))
+    assert all(unchanged) and not all(changed)
+
+
+def test_ema_tracks_parameters():
+    config = micro_config(ema_decay=0.5)
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(3))
+    new_state, _ = training.train_step(state, batch, jax.random.key(0), config=config)
+    expected = jax.tree.map(lambda old, new: 0.5 * old + 0.5 * new, state.params,
+                            new_state.params)
+    for got, want in zip(jax.tree.leaves(new_state.ema_params), jax.tree.leaves(expected),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_clipping_bounds_the_update():
+    config = micro_config(gradient_clip_norm=1e-3)
+    optimizer = training.make_optimizer(config.train, config.model.d_model)
+    params = {"w": jnp.ones(3)}
+    chained = optax.clip_by_global_norm(1e-3)
+    clipped, _ = chained.update({"w": jnp.full(3, 10.0)}, chained.init(params))
+    assert float(optax.global_norm(clipped)) == pytest.approx(1e-3, rel=1e-4)
+    optimizer.init(params)  # the chain builds with clipping enabled
+
+
+def test_flops_formula_matches_xla_cost_analysis():
+    config = micro_config()
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(4), rows=8, length=16)
+    compiled = jax.jit(lambda s, b: training.train_step(s, b, jax.random.key(0),
+                                                        config=config)).lower(state, batch).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    formula = training.train_flops_per_step(config.model, 8, 16, 16)
+    # XLA also counts softmax, norms, the optimizer and elementwise work: same order.
+    assert 0.5 * formula < analysis["flops"] < 3.0 * formula
+
+
+def test_parameter_count_of_the_micro_model():
+    config = micro_config()
+    d, f, v = 32, 64, 64
+    attention = 4 * d * d
+    ffn = d * f + f + f * d + d
+    norms = 2 * d
+    expected = v * d + (attention + ffn + 2 * norms) + (2 * attention + ffn + 3 * norms)
+    assert training.parameter_count(config.model) == expected
