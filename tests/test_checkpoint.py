@@ -54,7 +54,7 @@ def test_corrupted_latest_falls_back_to_previous(tmp_path, host_state, caplog):
         if os.path.isfile(path) and not path.endswith("_METADATA"):
             with open(path, "wb") as handle:
                 handle.write(b"garbage")
-    restored, data_state, step = checkpoints.restore(host_state)
+    _, data_state, step = checkpoints.restore(host_state)
     assert step == 1 and data_state == {"position": 1}
     assert "unreadable" in caplog.text
     with pytest.raises(checkpoint.CheckpointError, match="cannot be restored"):

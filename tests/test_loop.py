@@ -61,7 +61,8 @@ def test_interrupted_run_resumes_bitwise(corpus, tmp_path):
     for got, want in zip(jax.tree.leaves(_params(interrupted, config)),
                          jax.tree.leaves(_params(straight, config)), strict=True):
         np.testing.assert_array_equal(got, want)
-    lines = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
+    with open(os.path.join(straight, "metrics.jsonl")) as handle:
+        lines = [json.loads(line) for line in handle]
     assert {line["split"] for line in lines} == {"train", "validation"}
     assert os.path.exists(os.path.join(straight, "tokenizer.model"))
     assert checkpoint.load_config(straight) == config

@@ -104,8 +104,8 @@ def test_flops_formula_matches_xla_cost_analysis():
     config = micro_config()
     state = training.create_train_state(config, jax.random.key(0))
     batch = random_batch(np.random.default_rng(4), rows=8, length=16)
-    compiled = jax.jit(lambda s, b: training.train_step(s, b, jax.random.key(0),
-                                                        config=config)).lower(state, batch).compile()
+    step = jax.jit(lambda s, b: training.train_step(s, b, jax.random.key(0), config=config))
+    compiled = step.lower(state, batch).compile()
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     formula = training.train_flops_per_step(config.model, 8, 16, 16)
