@@ -50,7 +50,8 @@ class TrainBatches:
             self._iterator = iter(batches.to_iter_dataset(_READ_OPTIONS))
         batch = next(self._iterator)
         self._batch_in_epoch += 1
-        if self._batch_in_epoch == len(self._plans):  # roll over now: the state names the
+        # Roll over at once, so that get_state() always names the batch that comes next.
+        if self._batch_in_epoch == len(self._plans):
             self._epoch, self._batch_in_epoch, self._iterator = self._epoch + 1, 0, None
         return batch
 

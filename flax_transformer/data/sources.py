@@ -108,7 +108,13 @@ def load_splits(config: DataConfig, workdir: str) -> dict[str, Sequence[dict[str
       a split the dataset lacks (e.g. no ``data.test_files``) is an empty list.
     """
     builder = _builder(config, data_dir(config, workdir))
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except ImportError as error:  # catalogue builders may download and parse with TensorFlow
+        raise ImportError(
+            f"preparing {config.dataset} needs the module {error.name!r}: install it (e.g. "
+            f"pip install tensorflow), or set data.data_dir to a copy prepared elsewhere "
+            f"with file_format='array_record'.") from error
     keys = _language_keys(config, builder)
     skipped = dict(builder.info.metadata or {}).get("skipped", {})
     known = builder.info.splits or SPLITS  # (mocked builders list no splits: try all)
