@@ -225,7 +225,8 @@ def _beam_not_done(state: BeamState, *, alpha: float, max_length: int) -> Array:
 
     Log-probabilities only fall as a hypothesis grows and lp only rises with length, so
     the best score an alive hypothesis can ever reach is log P_now / lp(max_length).
-    A row is done once its pool is full and its worst finished score is at least that.
+    A row is done once its pool is full and its worst finished score is at least that
+    (alpha ≥ 0, as DecodeConfig enforces).
     """
     longest = gnmt_length_penalty(max_length, alpha)
     best_possible = jnp.max(state.alive_log_probs, axis=-1) / longest                # [B]
@@ -315,8 +316,10 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, beam_size: in
       bos_id, eos_id, max_length, pad_id: as in greedy_search.
 
     Returns:
-      tokens int [B, W, T] and scores float [B, W], best first. The loop stops early once
-      no alive hypothesis can beat any of the W finished ones of its row.
+      tokens int [B, W, T] and scores float [B, W]: hypotheses that ended with EOS, best
+      first, then (only where a row has fewer than W of them) hypotheses cut off at
+      max_length, scored log P / lp(T). The loop stops early once no alive hypothesis can
+      beat any of the W finished ones of its row.
     """
     alpha = length_penalty
     start = _start_tokens(bos_id, _batch_size(cache))
