@@ -80,7 +80,18 @@ def best_of(run: Callable[[], Any], *, repeats: int, warmup: int = 1) -> dict[st
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB; ru_maxrss is KiB on Linux)."""
+    """Peak resident memory of this process so far, MiB.
+
+    Reads VmHWM from /proc/self/status on Linux: ru_maxrss would also count the parent's
+    memory for a child started by fork + exec (the kernel carries it across exec).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024                  # kB -> MiB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 

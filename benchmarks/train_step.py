@@ -120,16 +120,58 @@ def run_ours(spec: dict) -> dict:
     config = bench_config(spec["preset"], spec["length"])
     batch = make_batch(spec["batch_size"], spec["length"], config.model.vocab_size)
     step = ours_step_fn(config, batch, spec["prng_impl"],
-                        2 + spec["steps"] * (spec["rounds"] + 1))
-    return time_steps(step, spec["steps"], spec["rounds"], jax.block_until_ready)
+                        2 + spec["steps"] * (spec["rounds"] + 2))
+    result = time_steps(step, spec["steps"], spec["rounds"], jax.block_until_ready)
+    if spec.get("trace"):
+        try:
+            result["profile"] = profile_steps(step, spec["steps"])
+        except Exception as error:    # a profiler that cannot trace here costs no numbers
+            result["profile_error"] = f"{type(error).__name__}: {error}"[:200]
+    return result
+
+
+def profile_steps(step, steps: int, top: int = 12) -> list[dict]:
+    """Traces ``steps`` calls with jax.profiler; the ops that took the most time.
+
+    Ops are grouped by HLO name without its ".N" suffix (all "copy_bitcast_fusion.*"
+    together); times are summed over threads, so shares are of total op time.
+    """
+    import collections
+    import glob
+    import gzip
+    import re
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        for _ in range(steps):
+            jax.block_until_ready(step())
+        jax.profiler.stop_trace()
+        path = glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True)[0]
+        with gzip.open(path) as handle:
+            events = json.load(handle)["traceEvents"]
+    totals, counts = collections.Counter(), collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not re.match(r"[$]|ThunkExecutor|Slinky|PjRt|Tfrt", name):
+            group = re.sub(r"\.\d+$", "", name)
+            totals[group] += event["dur"] / 1e3 / steps                  # ms per step
+            counts[group] += 1
+    everything = sum(totals.values()) or 1.0
+    return [{"op": name, "ms_per_step": ms, "share": ms / everything,
+             "calls_per_step": counts[name] // steps} for name, ms in totals.most_common(top)]
 
 
 # --------------------------------------------------------------------------- torch
 
 
-def torch_device():
+def torch_device(spec: dict | None = None):
+    """The device of JAX's backend: "cuda" when JAX runs on a GPU, else "cpu"."""
     import torch
 
+    if spec is not None:
+        return torch.device(spec["torch_device"])
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -203,14 +245,15 @@ def torch_loss(logits, targets, smoothing: float):
     return (per_token * weights).sum(), weights.sum()
 
 
-def torch_step_fn(config, model, batch_np: dict, compiled: bool, total_steps: int):
+def torch_step_fn(config, model, batch_np: dict, compiled: bool, total_steps: int,
+                  device=None):
     """A closure running one Adam step of the paper's schedule per call; returns the loss."""
     import jax
     import torch
 
     from flax_transformer.training import learning_rate_schedule
 
-    device = torch_device()
+    device = device or torch_device()
     model = model.to(device).train()
     batch = {key: torch.from_numpy(value.astype(np.int64)).to(device)
              for key, value in batch_np.items()}
@@ -238,25 +281,21 @@ def torch_step_fn(config, model, batch_np: dict, compiled: bool, total_steps: in
     return step
 
 
-def torch_sync(_result) -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def run_torch(spec: dict) -> dict:
     import torch
 
-    if torch.cuda.is_available():
+    device = torch_device(spec)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
         torch.set_float32_matmul_precision("high")   # TF32, as JAX's default precision
     torch.backends.mha.set_fastpath_enabled(False)
     config = bench_config(spec["preset"], spec["length"])
     batch = make_batch(spec["batch_size"], spec["length"], config.model.vocab_size)
     step = torch_step_fn(config, torch_model(config), batch, spec["impl"] == "torch.compile",
-                         2 + spec["steps"] * (spec["rounds"] + 1))
-    result = time_steps(step, spec["steps"], spec["rounds"], torch_sync)
-    if torch.cuda.is_available():
+                         2 + spec["steps"] * (spec["rounds"] + 1), device)
+    result = time_steps(step, spec["steps"], spec["rounds"],
+                        lambda _: torch.cuda.synchronize() if on_gpu else None)
+    if on_gpu:
         result["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
@@ -306,6 +345,7 @@ def check_training(config, steps: int = 3, rows: int = 4, length: int = 12) -> d
     schedule or loss would show as a loss gap far above float32 rounding.
     """
     import jax
+    import torch
 
     from flax_transformer import training
 
@@ -314,7 +354,8 @@ def check_training(config, steps: int = 3, rows: int = 4, length: int = 12) -> d
     model, _, params, source, target = copied_models(config, rows, length)
     batch = {"source": source, "target_input": target,
              "target_output": np.concatenate([target[:, 1:], 0 * target[:, :1]], 1)}
-    torch_step = torch_step_fn(config, model.cpu(), batch, compiled=False, total_steps=steps)
+    torch_step = torch_step_fn(config, model, batch, compiled=False, total_steps=steps,
+                               device=torch.device("cpu"))
     state = training.create_train_state(config, jax.random.key(0))
     optimizer = training.make_optimizer(train, config.model.d_model)
     state = state.replace(params=params, opt_state=optimizer.init(params))
@@ -395,7 +436,7 @@ def measure(spec: dict, config, args) -> dict:
 def case(preset: str, impl: str, tokens: int, length: int, args, **extra) -> dict:
     return {"preset": preset, "impl": impl, "length": length,
             "batch_size": max(1, tokens // length), "steps": args.steps,
-            "rounds": args.rounds, **extra}
+            "rounds": args.rounds, "torch_device": args.torch_device, **extra}
 
 
 # --------------------------------------------------------------------------- runs
@@ -419,7 +460,8 @@ def run_presets(args) -> list[dict]:
     for preset, tokens in zip(args.presets, args.tokens, strict=True):
         config = bench_config(preset, args.length)
         for prng in args.prng_impls:
-            spec = case(preset, f"ours ({prng})", tokens, args.length, args, prng_impl=prng)
+            spec = case(preset, f"ours ({prng})", tokens, args.length, args, prng_impl=prng,
+                        trace=args.profile)
             results.append(measure(spec, config, args))
         for impl in args.torch_impls:
             results.append(measure(case(preset, impl, tokens, args.length, args),
@@ -519,6 +561,21 @@ def print_sweep_table(sweep: list[dict], preset: str) -> str:
          "model FLOPs × (vs first)", "attention share of FLOPs"], rows)
 
 
+def print_profile_tables(results: list[dict], presets: list[str]) -> str:
+    text = ""
+    for preset in presets:
+        best = fastest_ours(results, preset)
+        if best is None or "profile" not in best:
+            continue
+        rows = [(p["op"], p["ms_per_step"], p["share"], p["calls_per_step"])
+                for p in best["profile"]]
+        text += common.print_table(
+            f"Where our step's time goes ({preset}, {best['impl']}, jax.profiler)",
+            ["HLO op (fusion kind)", "ms/step (summed over threads)", "share of op time",
+             "calls/step"], rows)
+    return text
+
+
 def targets(results: list[dict], preset: str) -> list[dict]:
     best = fastest_ours(results, preset)
     if best is None:
@@ -569,6 +626,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest |logit difference| of the parity check")
     parser.add_argument("--skip-train-check", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="trace our steps with jax.profiler and print the costliest ops")
     parser.add_argument("--worker-timeout", type=float, default=900.0)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", default="", help=argparse.SUPPRESS)
@@ -589,19 +648,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.mha.set_fastpath_enabled(False)   # the plain math path is the reference
     machine = common.describe_machine()
     print(common.machine_line(machine), flush=True)
-    peak_result = peak.measure_peak("float32")
-    args.peak_flops_per_s = peak_result["peak_flops_per_s"]
-    print(f"float32 matmul peak: {args.peak_flops_per_s / 1e9:.1f} GFLOP/s "
-          f"(N={peak_result['best_size']})", flush=True)
+    args.torch_device = "cuda" if machine["backend"] == "gpu" else "cpu"
+    peaks = [peak.measure_peak("float32", repeats=10)]
+    args.peak_flops_per_s = peaks[0]["peak_flops_per_s"]
+    print(f"float32 matmul peak: {args.peak_flops_per_s / 1e9:.1f} GFLOP/s", flush=True)
     checks = run_checks(args)
     text = print_check_table(checks)
     results = run_presets(args)
     sweep = run_sweep(args, results)
+    peaks.append(peak.measure_peak("float32", repeats=10))    # the peak again, at the end
+    args.peak_flops_per_s = max(entry["peak_flops_per_s"] for entry in peaks)
+    for result in results + sweep:
+        if "model_flops" in result:
+            result["mfu"] = result["model_flops"] / result["step_s"] / args.peak_flops_per_s
+    text += (f"\nfloat32 matmul peak (MFU denominator, best of the start and the end of "
+             f"this run): {args.peak_flops_per_s / 1e9:.1f} GFLOP/s\n")
+    print(text.splitlines()[-1])
     goals = targets(results, "base" if "base" in args.presets else args.presets[-1])
     text += print_speed_table(results) + print_sweep_table(sweep, args.sweep_preset)
+    text += print_profile_tables(results, args.presets)
     text += print_target_table(goals)
     common.write_json(args.json, {
-        "machine": machine, "peak": peak_result, "checks": checks, "results": results,
+        "machine": machine, "peaks": peaks, "checks": checks, "results": results,
         "sweep": sweep, "targets": goals, "markdown": text, "argv": sys.argv[1:]})
     return 0 if all(check["ok"] for check in checks) else 1
 
