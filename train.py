@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_lib.ConfigError as error:
         cli.fail(str(error))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax/TFDS chatter; our warnings remain
     from flax_transformer import loop, parallel
 
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,

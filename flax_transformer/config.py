@@ -206,7 +206,8 @@ def _tiny() -> Config:
         num_encoder_layers=2, num_decoder_layers=2, max_length=64, dropout_rate=0.1,
     )
     data = DataConfig(vocab_size=256, max_length=40, tokens_per_batch=4096,
-                      bucket_lengths=(16, 24, 32, 40), eval_examples=500)
+                      bucket_lengths=(16, 24, 32, 40), eval_examples=500,
+                      tokenizer_sentences=20_000)
     train = TrainConfig(
         num_steps=600, learning_rate_scale=2.0, warmup_steps=400, log_every=50,
         eval_every=200, checkpoint_every=200, keep_checkpoints=3, best_metric="exact_match",

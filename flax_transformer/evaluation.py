@@ -79,7 +79,7 @@ class Evaluator:
         results["bleu"], signature = bleu(hypotheses, self.references)
         results["chrf"], _ = chrf(hypotheses, self.references)
         results["exact_match"] = exact_match(hypotheses, self.references)
-        if not self.signature_printed:
+        if not self.signature_printed and jax.process_index() == 0:
             print(f"BLEU signature: {signature}")
             self.signature_printed = True
         return results

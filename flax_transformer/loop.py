@@ -69,10 +69,20 @@ def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> None:
         checkpoint.save_config(workdir, config)
 
 
+def load_data(config: Config, workdir: str) -> tuple[dict, Any]:
+    """Splits and tokenizer; process 0 prepares them first, the others then read them."""
+    def load():
+        splits = data.load_splits(config.data, workdir)
+        return splits, data.get_tokenizer(config.data, workdir, splits["train"])
+    loaded = load() if jax.process_index() == 0 else None
+    parallel.barrier("data prepared")
+    return loaded or load()
+
+
 def _setup(config: Config, workdir: str) -> _Run:
-    splits = data.load_splits(config.data, workdir)
-    tokenizer = data.get_tokenizer(config.data, workdir, splits["train"])
-    if tokenizer.vocab_size != config.model.vocab_size:
+    splits, tokenizer = load_data(config, workdir)
+    # A small corpus may yield fewer pieces than asked for; more would overflow the embedding.
+    if tokenizer.vocab_size > config.model.vocab_size:
         raise TrainingError(
             f"the tokenizer in {workdir} has {tokenizer.vocab_size} pieces but "
             f"model.vocab_size={config.model.vocab_size}; use a fresh --workdir.")
@@ -169,8 +179,10 @@ def _evaluate(run: _Run, state: Any) -> dict:
     results = run.evaluator.evaluate(state)
     run.writer.write(run.step, "validation", results)
     run.last_eval = results
-    tqdm.write(f"step {run.step}: " + ", ".join(
-        f"{name} {value:.4g}" for name, value in results.items() if isinstance(value, float)))
+    if jax.process_index() == 0:
+        tqdm.write(f"step {run.step}: " + ", ".join(
+            f"{name} {value:.4g}" for name, value in results.items()
+            if isinstance(value, float)))
     return results
 
 
@@ -233,13 +245,12 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
     return run.last_eval
 
 
-USER_ERRORS = (TrainingError, checkpoint.CheckpointError, ValueError, FileNotFoundError)
+USER_ERRORS = (TrainingError, checkpoint.CheckpointError, data.DataError, FileNotFoundError)
 
 
-def report_test(config: Config, workdir: str, examples: int = 5) -> dict:
+def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool = True) -> dict:
     """Decodes the test split with the best checkpoint; prints BLEU, exact match, examples."""
-    splits = data.load_splits(config.data, workdir)
-    tokenizer = data.get_tokenizer(config.data, workdir, splits["train"])
+    splits, tokenizer = load_data(config, workdir)
     target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
     params, _, what = checkpoint.restore_params(workdir, target, "best")
     strategy = parallel.make_strategy(dataclasses.replace(
@@ -250,6 +261,8 @@ def report_test(config: Config, workdir: str, examples: int = 5) -> dict:
     results = {"test_bleu": score,
                "test_chrf": evaluation.chrf(hypotheses, evaluator.references)[0],
                "test_exact_match": evaluation.exact_match(hypotheses, evaluator.references)}
+    if not verbose:
+        return results
     print(f"\ntest split ({len(hypotheses)} sentences, greedy, {what}): BLEU {score:.2f} "
           f"({signature}), chrF {results['test_chrf']:.1f}, "
           f"exact match {100 * results['test_exact_match']:.1f}%")
@@ -264,10 +277,13 @@ def main(config: Config, workdir: str, fresh: bool = False) -> dict:
     """train.py's job: train (or resume), then report on the test split and suggest decoding."""
     start = time.perf_counter()
     results = train_and_evaluate(config, workdir, fresh)
-    if not results or jax.process_index() != 0:
+    if not results:  # stopped early by a signal
         return results
-    results = {**results, **report_test(config, workdir)}
+    # Every process takes part: Orbax restores are collective across processes.
+    results = {**results, **report_test(config, workdir, verbose=jax.process_index() == 0)}
     results["wall_seconds"] = time.perf_counter() - start
+    if jax.process_index() != 0:
+        return results
     checkpoint.save_json(os.path.join(workdir, "results.json"), results)
     print(f"\ndone in {results['wall_seconds']:.0f} s. Try it:\n"
           f"  python decode.py --workdir {workdir} --input \"{_example_input(config)}\"")

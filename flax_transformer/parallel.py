@@ -46,6 +46,14 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0,
     return True
 
 
+def barrier(name: str) -> None:
+    """Waits until every process reaches this point (a no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def describe_devices() -> str:
     devices = jax.devices()
     kinds = sorted({device.device_kind for device in devices})

@@ -11,6 +11,7 @@ sources.py (which dataset, prepared once), tokenizer.py (SentencePiece), tokens.
 tokenization cache), batching.py (token-budget plans, buckets, packing), pipeline.py.
 """
 
+from flax_transformer.data.errors import DataError
 from flax_transformer.data.pipeline import TrainBatches, eval_batches, train_batches
 from flax_transformer.data.sources import TextPairs, describe, load_splits
 from flax_transformer.data.tokenizer import (
@@ -23,6 +24,17 @@ from flax_transformer.data.tokenizer import (
 )
 
 __all__ = [
-    "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "TextPairs", "Tokenizer", "TrainBatches",
-    "describe", "eval_batches", "get_tokenizer", "load_splits", "train_batches",
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "DataError",
+    "TextPairs",
+    "Tokenizer",
+    "TrainBatches",
+    "describe",
+    "eval_batches",
+    "get_tokenizer",
+    "load_splits",
+    "train_batches",
 ]

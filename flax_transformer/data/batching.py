@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from flax_transformer.data.errors import DataError
 from flax_transformer.data.tokens import TokenizedPairs
 
 
@@ -48,7 +49,7 @@ def rows_per_batch(length: int, tokens_per_batch: int, multiple: int) -> int:
     """Most rows B, a multiple of ``multiple``, with B * length * 2 <= tokens_per_batch."""
     rows = tokens_per_batch // (2 * length) // multiple * multiple
     if rows == 0:
-        raise ValueError(
+        raise DataError(
             f"data.tokens_per_batch={tokens_per_batch} cannot hold {multiple} rows of length "
             f"{length} (source + target); raise it to at least {2 * length * multiple}."
         )

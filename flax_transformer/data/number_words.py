@@ -19,6 +19,8 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flax_transformer.data.errors import DataError
+
 LARGEST = 999_999
 
 _ENGLISH_SMALL = (
@@ -42,7 +44,7 @@ _GERMAN_TENS = (
 
 def _check_range(number: int) -> None:
     if not 0 <= number <= LARGEST:
-        raise ValueError(f"number_words covers 0 … {LARGEST:,}, not {number}.")
+        raise DataError(f"number_words covers 0 … {LARGEST:,}, not {number}.")
 
 
 def _english_below_1000(number: int) -> list[str]:
@@ -98,7 +100,7 @@ def _digit_class_sizes(total: int) -> list[int]:
     """How many numbers of each digit count 1 … 6: equal shares, capped by how many exist."""
     available = [10, 90, 900, 9_000, 90_000, 900_000]
     if total > sum(available):
-        raise ValueError(f"number_words has only {sum(available):,} numbers, not {total:,}.")
+        raise DataError(f"number_words has only {sum(available):,} numbers, not {total:,}.")
     sizes = [0] * 6
     open_classes = list(range(6))
     while total > sum(sizes):
@@ -129,7 +131,7 @@ def split_numbers(train_size: int, eval_size: int, seed: int = 0) -> dict[str, n
     numbers = np.concatenate(chosen)
     small, large = numbers[numbers < 1000], rng.permutation(numbers[numbers >= 1000])
     if len(large) < 2 * eval_size:
-        raise ValueError(f"eval_size={eval_size} is too large for train_size={train_size}.")
+        raise DataError(f"eval_size={eval_size} is too large for train_size={train_size}.")
     train = rng.permutation(np.concatenate([small, large[2 * eval_size:]]))
     return {"train": train, "validation": large[:eval_size],
             "test": large[eval_size:2 * eval_size]}

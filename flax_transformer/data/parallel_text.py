@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flax_transformer.data.errors import DataError
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -45,9 +47,9 @@ def check_aligned(source_path: Path, target_path: Path) -> int:
     counts = [sum(1 for _ in read_lines(path)) for path in (source_path, target_path)]
     for path, count in zip((source_path, target_path), counts, strict=True):
         if count == 0:
-            raise ValueError(f"{path} is empty; parallel text needs one sentence a line.")
+            raise DataError(f"{path} is empty; parallel text needs one sentence a line.")
     if counts[0] != counts[1]:
-        raise ValueError(
+        raise DataError(
             f"{source_path} has {counts[0]} lines but {target_path} has {counts[1]}; "
             f"line i of one must be the translation of line i of the other."
         )
@@ -86,7 +88,7 @@ class ParallelTextConfig(tfds.core.BuilderConfig):
             for split, prefix in prefixes.items() if prefix
         }
         if "train" not in self.files:
-            raise ValueError("data.train_files is empty; give the prefix of the training files.")
+            raise DataError("data.train_files is empty; give the prefix of the training files.")
         fingerprint = hashlib.sha256()
         for split, paths in sorted(self.files.items()):
             for path in paths:
@@ -128,4 +130,4 @@ class ParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             usable += 1
             yield line_number, {"source": source, "target": target, "line": line_number}
         if not usable:
-            raise ValueError(f"{source_path} and {target_path} hold no usable sentence pair.")
+            raise DataError(f"{source_path} and {target_path} hold no usable sentence pair.")

@@ -15,6 +15,7 @@ import numpy as np
 
 from flax_transformer.config import DataConfig
 from flax_transformer.data import batching
+from flax_transformer.data.errors import DataError
 from flax_transformer.data.tokenizer import Tokenizer
 from flax_transformer.data.tokens import TokenizedPairs, tokenize_pairs
 
@@ -36,7 +37,7 @@ class TrainBatches:
         self._buckets = batching.bucket_lengths(config.bucket_lengths, config.max_length)
         self.stats = {**pairs.counts, **{f"skipped_{key}": n for key, n in skipped.items()}}
         if not pairs.usable.any():
-            raise ValueError(f"no training pair is at most data.max_length={config.max_length} "
+            raise DataError(f"no training pair is at most data.max_length={config.max_length} "
                              f"tokens long; raise it or set data.overlong='truncate'.")
         self._epoch, self._batch_in_epoch = 0, 0
         self._plans, self._plans_epoch, self._iterator = [], None, None
@@ -80,7 +81,7 @@ class TrainBatches:
         """Continues from ``get_state()`` output, as if never interrupted."""
         expected = (self._config.shuffle_seed, len(self._pairs.usable))
         if (state["shuffle_seed"], state["pairs"]) != expected:
-            raise ValueError(f"the saved data state (seed, pairs) = "
+            raise DataError(f"the saved data state (seed, pairs) = "
                              f"{(state['shuffle_seed'], state['pairs'])} does not match this "
                              f"run's {expected}; resume with the same data and config.")
         self._epoch, self._batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])

@@ -14,6 +14,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from flax_transformer.config import DataConfig
+from flax_transformer.data.errors import DataError
 from flax_transformer.data.number_words import NumberWords
 from flax_transformer.data.parallel_text import SPLITS, ParallelText, ParallelTextConfig
 
@@ -67,7 +68,7 @@ def _builder(config: DataConfig, directory: str) -> tfds.core.DatasetBuilder:
         prefixes = dict(zip(SPLITS, (config.train_files, config.validation_files,
                                      config.test_files), strict=True))
         if not prefixes["validation"]:
-            raise ValueError("data.validation_files is empty; give the prefix of the "
+            raise DataError("data.validation_files is empty; give the prefix of the "
                              "validation files.")
         builder_config = ParallelTextConfig(source_language=config.source_language,
                                             target_language=config.target_language,
@@ -79,7 +80,7 @@ def _builder(config: DataConfig, directory: str) -> tfds.core.DatasetBuilder:
     try:
         return tfds.builder(config.dataset, data_dir=directory, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(f"data.dataset={config.dataset!r} is neither 'number_words', "
+        raise DataError(f"data.dataset={config.dataset!r} is neither 'number_words', "
                          f"'parallel_text' nor a TFDS dataset name.") from error
 
 
@@ -91,7 +92,7 @@ def _language_keys(config: DataConfig, builder: tfds.core.DatasetBuilder) -> tup
         language: language for language in builder.info.features}
     for language in (config.source_language, config.target_language):
         if language not in keys:
-            raise ValueError(f"{config.dataset} has the languages {sorted(keys)}, not "
+            raise DataError(f"{config.dataset} has the languages {sorted(keys)}, not "
                              f"{language!r}; set data.source_language/data.target_language.")
     return keys[config.source_language], keys[config.target_language]
 

@@ -16,6 +16,7 @@ import numpy as np
 import sentencepiece as spm
 
 from flax_transformer.config import DataConfig
+from flax_transformer.data.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 FILE_NAME = "tokenizer.model"
@@ -30,7 +31,7 @@ class Tokenizer:
         special = (self._processor.pad_id(), self._processor.unk_id(),
                    self._processor.bos_id(), self._processor.eos_id())
         if special != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise ValueError(f"the SentencePiece model has pad/unk/bos/eos ids {special}, "
+            raise DataError(f"the SentencePiece model has pad/unk/bos/eos ids {special}, "
                              f"not {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; train a new one.")
 
     @classmethod
@@ -119,6 +120,6 @@ def get_tokenizer(config: DataConfig, workdir: str,
                                        config.shuffle_seed)
         tokenizer = Tokenizer.train(sentences, path, config.vocab_size, config.tokenizer_type)
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{path} has {tokenizer.vocab_size} pieces but data.vocab_size is "
+        raise DataError(f"{path} has {tokenizer.vocab_size} pieces but data.vocab_size is "
                          f"{config.vocab_size}; use a matching workdir or delete the file.")
     return tokenizer

@@ -19,6 +19,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from flax_transformer.data.errors import DataError
 from flax_transformer.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 _CHUNK = 512  # pairs per SentencePiece call
@@ -101,7 +102,7 @@ def tokenize_pairs(pairs: Sequence[dict[str, str]], tokenizer: Tokenizer, max_le
       num_workers: grain worker processes for encoding (0 = this process).
     """
     if overlong not in ("drop", "truncate"):
-        raise ValueError(f"overlong={overlong!r} must be 'drop' or 'truncate'.")
+        raise DataError(f"overlong={overlong!r} must be 'drop' or 'truncate'.")
     sources, targets = _encode(pairs, tokenizer, num_workers)
     keep = max_length - 1  # room for EOS
     source_lengths = np.array([len(ids) for ids in sources], np.int32) + 1
