@@ -64,19 +64,30 @@ def machine_line(machine: dict[str, Any]) -> str:
     return "Machine: " + ", ".join(f"{key} {value}" for key, value in machine.items())
 
 
+def process_cpu_s() -> float:
+    """CPU seconds used so far by every thread of this process (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def best_of(run: Callable[[], Any], *, repeats: int, warmup: int = 1) -> dict[str, float]:
     """Seconds of ``run()`` (which must wait for its own result): best and median of repeats.
 
     Best-of-N is the least noisy estimate on a shared machine; the median shows the noise.
+    ``cpu_s`` is the median CPU time of the process per repeat (all threads): divided by
+    the wall time it says how many cores were busy, and it moves less than the wall time
+    when other programs compete for the cores.
     """
     for _ in range(warmup):
         run()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), process_cpu_s()
         run()
         times.append(time.perf_counter() - start)
-    return {"best_s": min(times), "median_s": statistics.median(times)}
+        cpu_times.append(process_cpu_s() - cpu_start)
+    return {"best_s": min(times), "median_s": statistics.median(times),
+            "cpu_s": statistics.median(cpu_times)}
 
 
 def peak_rss_mib() -> float:

@@ -60,7 +60,8 @@ class TorchSeq2Seq(nn.Module):
         """source [B, S], target [B, T] -> logits [B, T, V]."""
         length = target.shape[1]
         # torch masks say True = may NOT attend, the opposite of ours.
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=target.device),
+                            diagonal=1)
         hidden = self.transformer(
             self.embed(self.source_embedding, source),
             self.embed(self.target_embedding, target),

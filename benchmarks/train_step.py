@@ -88,7 +88,8 @@ def time_steps(step, steps: int, rounds: int, sync) -> dict:
         sync(result)
     timing = common.best_of(run_round, repeats=rounds, warmup=1)
     return {"first_step_s": first, "step_s": timing["best_s"] / steps,
-            "median_step_s": timing["median_s"] / steps}
+            "median_step_s": timing["median_s"] / steps,
+            "busy_cores": timing["cpu_s"] / timing["median_s"]}
 
 
 # --------------------------------------------------------------------------- ours
@@ -397,6 +398,8 @@ def worker_main(spec_text: str, result_path: str) -> int:
 def run_worker(spec: dict, timeout: float) -> dict:
     """Runs ``spec`` in a child process; a crash or timeout becomes {"error": reason}."""
     environment = dict(os.environ)
+    if spec.get("xla_flags"):
+        environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {spec['xla_flags']}"
     if spec["impl"] in TORCH_IMPLS:
         environment["JAX_PLATFORMS"] = "cpu"   # jax only evaluates the schedule there
     with tempfile.TemporaryDirectory() as folder:
@@ -454,14 +457,22 @@ def run_checks(args) -> list[dict]:
     return checks
 
 
+def ours_variants(args) -> list[tuple[str, str]]:
+    """(PRNG implementation, extra XLA flags) of every run of our step."""
+    variants = [(prng, "") for prng in args.prng_impls]
+    flag_sets = [flags.strip() for flags in args.xla_variants.split(";") if flags.strip()]
+    return variants + [(args.prng_impls[-1], flags) for flags in flag_sets]
+
+
 def run_presets(args) -> list[dict]:
     """Every implementation on every preset's fixed batch."""
     results = []
     for preset, tokens in zip(args.presets, args.tokens, strict=True):
         config = bench_config(preset, args.length)
-        for prng in args.prng_impls:
-            spec = case(preset, f"ours ({prng})", tokens, args.length, args, prng_impl=prng,
-                        trace=args.profile)
+        for prng, flags in ours_variants(args):
+            name = f"ours ({prng})" + (f" XLA_FLAGS={flags}" if flags else "")
+            spec = case(preset, name, tokens, args.length, args, prng_impl=prng,
+                        xla_flags=flags, trace=args.profile)
             results.append(measure(spec, config, args))
         for impl in args.torch_impls:
             results.append(measure(case(preset, impl, tokens, args.length, args),
@@ -482,12 +493,14 @@ def run_sweep(args, results: list[dict]) -> list[dict]:
     preset = args.sweep_preset
     best = fastest_ours(results, preset)
     prng = best["prng_impl"] if best else args.prng_impls[0]
+    flags = best.get("xla_flags", "") if best else ""
     tokens = args.sweep_tokens or dict(zip(args.presets, args.tokens, strict=True)).get(
         preset, 1024)
     sweep = []
     for length in args.sweep_lengths:
         config = bench_config(preset, length)
-        spec = case(preset, f"ours ({prng})", tokens, length, args, prng_impl=prng)
+        spec = case(preset, best["impl"] if best else f"ours ({prng})", tokens, length, args,
+                    prng_impl=prng, xla_flags=flags)
         sweep.append(measure(spec, config, args))
     return sweep
 
@@ -533,14 +546,14 @@ def print_speed_table(results: list[dict]) -> str:
     rows = [(r["preset"], r["impl"], f"{r['batch_size']}×{r['length']}",
              _ms(r, "step_s"), _ms(r, "median_step_s"), r.get("steps_per_s"),
              r.get("tokens_per_s"), r.get("mfu"), _ratio(r, results, "torch eager"),
-             _ratio(r, results, "torch.compile"), r.get("first_step_s"),
+             _ratio(r, results, "torch.compile"), r.get("busy_cores"), r.get("first_step_s"),
              r.get("peak_rss_mib"), r.get("device_peak_mib"), r.get("error", ""))
             for r in results]
     return common.print_table(
         "Train step (post-LN, dropout 0.1, label smoothing 0.1, Adam + paper schedule)",
         ["preset", "implementation", "batch B×L", "ms/step best", "ms/step median",
          "steps/s", "target tok/s", "MFU", "× torch eager", "× torch.compile",
-         "first step s", "peak host MiB", "peak device MiB", "note"], rows)
+         "busy cores", "first step s", "peak host MiB", "peak device MiB", "note"], rows)
 
 
 def print_sweep_table(sweep: list[dict], preset: str) -> str:
@@ -610,13 +623,17 @@ def _names(text: str) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", type=_names, default=["tiny", "base"])
-    parser.add_argument("--tokens", type=_ints, default=[4096, 1024],
+    parser.add_argument("--tokens", type=_ints, default=[2048, 512],
                         help="target tokens per batch, one per preset (rows = tokens // L)")
     parser.add_argument("--length", type=int, default=64, help="source = target length L")
-    parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
-    parser.add_argument("--prng-impls", type=_names, default=list(PRNG_IMPLS),
+    parser.add_argument("--prng-impls", type=_names, default=["threefry2x32", "rbg"],
                         help=f"PRNG implementations for our dropout, of {PRNG_IMPLS}")
+    parser.add_argument("--xla-variants", default="",
+                        help="';'-separated XLA_FLAGS sets, each an extra run of our step "
+                             "(with the last --prng-impls); write it with '=', e.g. "
+                             "--xla-variants=--xla_cpu_use_onednn=true")
     parser.add_argument("--torch-impls", type=_names, default=list(TORCH_IMPLS),
                         help=f"of {TORCH_IMPLS}; '' = ours only")
     parser.add_argument("--sweep-lengths", type=_ints, default=[64, 128, 256])
