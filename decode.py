@@ -1,0 +1,105 @@
+"""Translate with a trained run: `python decode.py --workdir runs/default --input "..."`.
+
+    python decode.py --workdir runs/default --input "four hundred twenty-one"
+    python decode.py --workdir runs/default --input_file test.en --reference_file test.de
+    echo "seven" | python decode.py --workdir runs/default --method greedy
+    python decode.py --workdir runs/default --input "forty-two" --attention_plot att.png
+
+Translations go to stdout (or --output_file), one per input line and in input order;
+everything else (what was restored, warnings, BLEU/chrF, plot paths) goes to stderr.
+Search options default to the run's saved config (config.json, section "decode").
+A progress bar shows on stderr for files when stderr is a terminal. Decoding runs on
+JAX's default device (a GPU/TPU when there is one).
+
+Empty input lines give empty output lines. Lines longer than the model's maximum length
+(model.max_length tokens, EOS included) are truncated to it, with a warning that counts
+them, rather than refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flax_transformer import cli
+
+SEARCH_FLAGS = {  # flag -> (type, help); each overrides config.decode.<flag>
+    "method": (str, "search: 'greedy', 'beam' or 'sample'"),
+    "beam_size": (int, "hypotheses kept per sentence by beam search"),
+    "length_penalty": (float, "beam search: GNMT length penalty alpha, ((5+|Y|)/6)^alpha"),
+    "max_extra_length": (int, "outputs stop at source length + this many tokens"),
+    "temperature": (float, "sampling: divide the logits by this"),
+    "top_k": (int, "sampling: keep the k likeliest tokens; 0 = all"),
+    "top_p": (float, "sampling: keep the smallest set of tokens with this probability mass"),
+    "seed": (int, "sampling: random seed (same seed, same samples)"),
+    "tokens_per_batch": (int, "source tokens per decoding batch (padding included)"),
+}
+
+
+def _checkpoint_name(text: str) -> str:
+    if text in ("best", "latest", "averaged") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not 'best', 'latest', 'averaged' or a step number")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True,
+                        help="run directory written by train.py (config.json, "
+                             "tokenizer.model, checkpoints/)")
+    parser.add_argument("--checkpoint", default="best", type=_checkpoint_name,
+                        help="'best' (highest validation score), 'latest', 'averaged' "
+                             "(train.average_last) or a step number (default: best)")
+    parser.add_argument("--ema", action="store_true",
+                        help="use the exponential moving average of the parameters")
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", action="append", default=None, metavar="TEXT",
+                    help="a sentence to translate; repeat the flag (or put newlines in "
+                         "TEXT) for several. Without --input/--input_file: stdin")
+    io.add_argument("--input_file", default=None, metavar="F",
+                    help="UTF-8 file, one sentence a line ('-' = stdin)")
+    io.add_argument("--output_file", default=None, metavar="F",
+                    help="write translations here instead of stdout")
+    io.add_argument("--reference_file", default=None, metavar="R",
+                    help="references, one per input line: print sacreBLEU (cased, "
+                         "signature shown), chrF and exact match to stderr")
+    io.add_argument("--attention_plot", default=None, metavar="OUT.png",
+                    help="draw the cross-attention of every layer and head for the first "
+                         "(non-empty) input as heatmaps, source pieces on x, output on y")
+    io.add_argument("--self_attention", action="store_true",
+                    help="with --attention_plot: also OUT.encoder_self.png and "
+                         "OUT.decoder_self.png")
+    search = parser.add_argument_group(
+        "search", "defaults: the run's config.json (section 'decode')")
+    for flag, (kind, doc) in SEARCH_FLAGS.items():
+        search.add_argument(f"--{flag}", type=kind, default=None, help=doc,
+                            choices=("greedy", "beam", "sample") if flag == "method" else None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.input is not None and args.input_file is not None:
+        cli.fail("give either --input or --input_file, not both.")
+    if args.self_attention and not args.attention_plot:
+        cli.fail("--self_attention needs --attention_plot OUT.png.")
+    from flax_transformer import inference  # after parsing: --help stays fast
+
+    request = inference.DecodeRequest(
+        workdir=args.workdir, checkpoint=args.checkpoint, use_ema=args.ema,
+        inputs=None if args.input is None else tuple(args.input),
+        input_file=args.input_file, output_file=args.output_file,
+        reference_file=args.reference_file, attention_plot=args.attention_plot,
+        self_attention=args.self_attention,
+        decode_overrides={flag: getattr(args, flag) for flag in SEARCH_FLAGS})
+    try:
+        inference.run(request)
+    except inference.USER_ERRORS as error:
+        cli.fail(str(error))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

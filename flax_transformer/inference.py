@@ -1,0 +1,398 @@
+"""What decode.py runs: restore a run, translate lines, score them, draw attention.
+
+    restored = inference.restore("runs/default", which="best")
+    result = inference.translate_lines(restored, ["twenty-one"], restored.config.decode)
+    result.translations                                   # ["einundzwanzig"]
+
+``run(DecodeRequest(...))`` is the whole command: read input, translate in bucketed batches
+(compiled once per bucket), write output, print sacreBLEU/chrF and write the heatmaps.
+Every user mistake surfaces as an ``InferenceError``, ``checkpoint.CheckpointError`` or
+``config.ConfigError`` with one sentence saying what to do (``USER_ERRORS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from flax_transformer import checkpoint, data, decoding, evaluation, plots, training
+from flax_transformer import config as config_lib
+from flax_transformer.model import Transformer
+
+
+class InferenceError(ValueError):
+    """Input that decode.py cannot use; the message says what was wrong and what to do."""
+
+
+USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError)
+
+
+# --------------------------------------------------------------------------- restoring
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A run ready to translate: its config, tokenizer, model and parameters."""
+
+    config: config_lib.Config
+    tokenizer: data.Tokenizer
+    model: Transformer
+    params: Any
+    description: str      # what was restored, e.g. "checkpoints/300"
+
+
+def load_tokenizer(workdir: str, config: config_lib.Config) -> data.Tokenizer:
+    """WORKDIR/tokenizer.model, checked against the model's vocabulary size."""
+    path = os.path.join(workdir, data.tokenizer.FILE_NAME)
+    if not os.path.exists(path):
+        raise InferenceError(f"{path} not found: {workdir!r} holds no tokenizer; pass the "
+                             "--workdir that train.py wrote to.")
+    tokenizer = data.Tokenizer.load(path)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise InferenceError(
+            f"{path} has {tokenizer.vocab_size} pieces but the run's model.vocab_size is "
+            f"{config.model.vocab_size}: the tokenizer belongs to another run. Copy back the "
+            "run's own tokenizer.model.")
+    return tokenizer
+
+
+def check_shapes(params: Any, expected: Any, name: str) -> None:
+    """Refuses parameters whose tree or shapes differ from the config's model.
+
+    Orbax restores arrays with the shapes they were saved with, so a checkpoint of another
+    model would otherwise fail deep inside the first forward pass.
+    """
+    found = {jax.tree_util.keystr(path): np.shape(leaf)
+             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+        key = jax.tree_util.keystr(path)
+        if found.get(key) != np.shape(leaf):
+            raise checkpoint.CheckpointError(
+                f"the checkpoint {name} does not fit the model of its config.json: parameter "
+                f"{key} has shape {found.get(key, 'missing')}, the config needs "
+                f"{np.shape(leaf)} (config.json edited after training, or checkpoints "
+                "copied from another run). Decode with the run's own config.json.")
+
+
+def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restored:
+    """Config, tokenizer and parameters of a run directory.
+
+    Args:
+      workdir: a run directory written by train.py.
+      which: "best", "latest", "averaged" or a step number.
+      use_ema: restore the exponential moving average of the parameters.
+    """
+    if not os.path.isdir(workdir):
+        raise InferenceError(f"workdir {workdir!r} does not exist; pass the --workdir that "
+                             "train.py wrote to.")
+    config = checkpoint.load_config(workdir)
+    tokenizer = load_tokenizer(workdir, config)
+    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    params, _, description = checkpoint.restore_params(workdir, target, which, use_ema)
+    check_shapes(params, target.params, f"{workdir}/{description}")
+    return Restored(config=config, tokenizer=tokenizer, model=Transformer(config.model),
+                    params=params, description=description)
+
+
+# --------------------------------------------------------------------------- reading text
+
+
+def split_lines(raw: bytes, name: str) -> list[str]:
+    """UTF-8 bytes -> one string per line ("\\n" or "\\r\\n" ends a line).
+
+    Raises:
+      InferenceError: naming the first line that is not UTF-8.
+    """
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()   # the newline that ends the last line
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            texts.append(line.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as error:
+            raise InferenceError(
+                f"{name} line {number} is not UTF-8 ({error.reason} at byte {error.start}); "
+                "convert the file to UTF-8 (e.g. iconv -t UTF-8).") from error
+    return texts
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 text file; a clear error if it is missing or not UTF-8."""
+    try:
+        with open(path, "rb") as handle:
+            return split_lines(handle.read(), path)
+    except OSError as error:
+        raise InferenceError(f"cannot read {path!r}: {error.strerror or error}.") from error
+
+
+def read_stream(stream: IO) -> list[str]:
+    """The lines of a text or binary stream (stdin)."""
+    raw = getattr(stream, "buffer", stream).read()
+    return split_lines(raw if isinstance(raw, bytes) else raw.encode("utf-8"), "<stdin>")
+
+
+# --------------------------------------------------------------------------- translating
+
+
+def encode_sources(tokenizer: data.Tokenizer, lines: Sequence[str],
+                   max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids + EOS per line (as in training), cut to max_length tokens.
+
+    An empty line (no pieces) stays empty, so that it is echoed as an empty output.
+
+    Returns:
+      (sequences, number of lines that were truncated).
+    """
+    sequences, truncated = [], 0
+    for ids in tokenizer.encode_batch(list(lines)) if lines else []:
+        if len(ids) + 1 > max_length:
+            ids, truncated = ids[:max_length - 1], truncated + 1
+        sequences.append([*ids, tokenizer.eos_id] if ids else [])
+    return sequences, truncated
+
+
+@functools.lru_cache(maxsize=8)
+def _translate_fn(model: Transformer, decode_config: config_lib.DecodeConfig, bos_id: int,
+                  eos_id: int, pad_id: int):
+    """One compiled search per (model, search): repeated calls reuse its compilations."""
+    return decoding.make_translate_fn(model, decode_config, bos_id=bos_id, eos_id=eos_id,
+                                      pad_id=pad_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Translations:
+    """Outputs of translate_lines, in input order."""
+
+    translations: list[str]
+    sources: list[list[int]]     # the encoded inputs, EOS included (empty for empty lines)
+    outputs: list[list[int]]     # output ids, without EOS
+    truncated: int               # lines cut to the model's max_length
+
+
+def translate_lines(restored: Restored, lines: Sequence[str],
+                    decode_config: config_lib.DecodeConfig,
+                    progress: bool = False) -> Translations:
+    """Translates lines in batches of decode_config.tokens_per_batch source tokens.
+
+    Sources are padded to power-of-two buckets up to model.max_length, so a file compiles
+    at most a handful of times; lines longer than model.max_length tokens are truncated.
+    """
+    tokenizer, max_length = restored.tokenizer, restored.config.model.max_length
+    sources, truncated = encode_sources(tokenizer, lines, max_length)
+    translate_fn = _translate_fn(restored.model, decode_config, tokenizer.bos_id,
+                                 tokenizer.eos_id, tokenizer.pad_id)
+    with tqdm(total=len(lines), desc="decode", unit="line", file=sys.stderr,
+              disable=not progress) as bar:
+        outputs = decoding.translate_all(
+            translate_fn, restored.params, sources,
+            buckets=decoding.default_buckets(max_length),
+            tokens_per_batch=decode_config.tokens_per_batch, eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id, rng=jax.random.key(decode_config.seed),
+            on_batch=bar.update)
+    return Translations(translations=[tokenizer.decode(ids) for ids in outputs],
+                        sources=sources, outputs=outputs, truncated=truncated)
+
+
+# --------------------------------------------------------------------------- scoring, plots
+
+
+def check_counts(input_count: int, references: Sequence[str], reference_name: str) -> None:
+    """One reference per input line, or an InferenceError saying both counts."""
+    if input_count != len(references):
+        raise InferenceError(
+            f"the input has {input_count} lines but {reference_name} has "
+            f"{len(references)}; give one reference per input line.")
+
+
+def score_lines(hypotheses: Sequence[str], references: Sequence[str],
+                reference_name: str = "references") -> list[str]:
+    """sacreBLEU (cased, 13a) and chrF lines with their signatures, then exact match.
+
+    Raises:
+      InferenceError: when the counts of hypotheses and references differ.
+    """
+    check_counts(len(hypotheses), references, reference_name)
+    bleu, bleu_signature = evaluation.bleu(list(hypotheses), list(references))
+    chrf, chrf_signature = evaluation.chrf(list(hypotheses), list(references))
+    exact = evaluation.exact_match(list(hypotheses), list(references))
+    lines = [f"BLEU = {bleu:.2f} ({bleu_signature})", f"chrF = {chrf:.2f} ({chrf_signature})",
+             f"exact match = {100 * exact:.1f}% of {len(references)} lines"]
+    if references and all(len(reference.split()) < 4 for reference in references):
+        lines.append("note: every reference has fewer than 4 words, so 4-gram BLEU is near 0 "
+                     "by construction (e.g. German number compounds); read chrF and exact "
+                     "match instead.")
+    return lines
+
+
+def attention_paths(path: str, self_attention: bool) -> dict[str, str]:
+    """{"cross": path, and with self_attention "encoder_self"/"decoder_self": siblings}."""
+    stem, extension = os.path.splitext(path)
+    paths = {"cross": path}
+    if self_attention:
+        for kind in ("encoder_self", "decoder_self"):
+            paths[kind] = f"{stem}.{kind}{extension or '.png'}"
+    return paths
+
+
+def write_attention_plots(restored: Restored, source_ids: Sequence[int],
+                          output_ids: Sequence[int], path: str,
+                          self_attention: bool = False) -> dict[str, tuple[str, np.ndarray]]:
+    """Heatmaps of every layer and head for one sentence, teacher-forced on its output.
+
+    Args:
+      source_ids: the encoded source, EOS included (S tokens).
+      output_ids: the decoded output without EOS; EOS is appended (T tokens in all).
+      path: PNG of the cross-attention; self-attention goes next to it (attention_paths).
+
+    Returns:
+      {kind: (png path, plotted matrices float [L·H, Q, K])}.
+    """
+    tokenizer = restored.tokenizer
+    max_length = restored.config.model.max_length
+    output_ids = [*output_ids, tokenizer.eos_id][:max_length]
+    weights = decoding.attention_weights(
+        restored.model, restored.params, np.asarray([source_ids], np.int32),
+        np.asarray([output_ids], np.int32), bos_id=tokenizer.bos_id)
+    pieces = {"source": tokenizer.id_to_piece(source_ids),
+              "output": tokenizer.id_to_piece(output_ids)}
+    axes = {"cross": ("source", "output"), "encoder_self": ("source", "source"),
+            "decoder_self": ("output", "output")}
+    written = {}
+    for kind, png in attention_paths(path, self_attention).items():
+        stacked = np.stack([np.asarray(layer[0]) for layer in weights[kind]])  # [L, H, Q, K]
+        x_axis, y_axis = axes[kind]
+        matrices = plots.save_attention_grid(
+            png, stacked, x_labels=pieces[x_axis], y_labels=pieces[y_axis],
+            title=f"{kind.replace('_', '-')} attention ({restored.description}), "
+                  f"{y_axis} pieces attending to {x_axis} pieces")
+        written[kind] = (png, matrices)
+    return written
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeRequest:
+    """Everything decode.py's flags ask for.
+
+    Attributes:
+      inputs: sentences given on the command line (each may hold several lines), or None.
+      input_file: read when inputs is None; "-" or None with no inputs = stdin.
+      decode_overrides: {"method": "beam", ...} as strings, applied to the run's decode
+        config (validated like --config.decode.X).
+    """
+
+    workdir: str
+    checkpoint: str = "best"
+    use_ema: bool = False
+    inputs: tuple[str, ...] | None = None
+    input_file: str | None = None
+    output_file: str | None = None
+    reference_file: str | None = None
+    attention_plot: str | None = None
+    self_attention: bool = False
+    decode_overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def decode_config_for(config: config_lib.Config,
+                      overrides: dict[str, str]) -> config_lib.DecodeConfig:
+    """The run's decode config with the command line's changes, validated."""
+    dotted = {f"decode.{name}": str(value) for name, value in overrides.items()
+              if value is not None}
+    return config_lib.override(config, dotted).decode
+
+
+def input_lines(request: DecodeRequest, stdin: IO) -> list[str]:
+    """The sentences to translate, from --input, --input_file or stdin."""
+    if request.inputs is not None:
+        return [line.removesuffix("\r") for text in request.inputs for line in text.split("\n")]
+    if request.input_file and request.input_file != "-":
+        return read_lines(request.input_file)
+    return read_stream(stdin)
+
+
+def write_lines(lines: Sequence[str], path: str | None, stdout: IO) -> None:
+    if path is None:
+        stdout.write("".join(f"{line}\n" for line in lines))
+        stdout.flush()
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{line}\n" for line in lines))
+    except OSError as error:
+        raise InferenceError(f"cannot write {path!r}: {error.strerror or error}.") from error
+
+
+def _first_sentence(result: Translations) -> int | None:
+    """Index of the first input with tokens (the one whose attention is drawn)."""
+    return next((index for index, ids in enumerate(result.sources) if ids), None)
+
+
+def _plot(request: DecodeRequest, restored: Restored, result: Translations,
+          stderr: IO) -> dict[str, tuple[str, np.ndarray]]:
+    index = _first_sentence(result)
+    if index is None:
+        raise InferenceError("--attention_plot needs at least one non-empty input line.")
+    written = write_attention_plots(restored, result.sources[index], result.outputs[index],
+                                    request.attention_plot, request.self_attention)
+    for kind, (png, _) in written.items():
+        print(f"{kind} attention of input line {index + 1}: {png}", file=stderr)
+    return written
+
+
+def _describe(restored: Restored, decode_config: config_lib.DecodeConfig, count: int) -> str:
+    method = decode_config.method
+    if method == "beam":
+        method += f" (beam {decode_config.beam_size}, alpha {decode_config.length_penalty})"
+    elif method == "sample":
+        method += (f" (temperature {decode_config.temperature}, top-k {decode_config.top_k}, "
+                   f"top-p {decode_config.top_p}, seed {decode_config.seed})")
+    return (f"restored {restored.description}; {count} line(s), {method}, on "
+            f"{jax.devices()[0].platform}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """What run did: the translations, the score lines and the plots it wrote."""
+
+    result: Translations
+    scores: list[str]                               # empty without a reference file
+    plots: dict[str, tuple[str, np.ndarray]]        # see write_attention_plots
+
+
+def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = None,
+        stderr: IO | None = None) -> Decoded:
+    """decode.py: restore, translate, write, score, plot. Raises one of USER_ERRORS.
+
+    The streams default to sys.stdin/stdout/stderr as they are at call time.
+    """
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    restored = restore(request.workdir, request.checkpoint, request.use_ema)
+    decode_config = decode_config_for(restored.config, request.decode_overrides)
+    lines = input_lines(request, stdin)
+    references = read_lines(request.reference_file) if request.reference_file else None
+    if references is not None:
+        check_counts(len(lines), references, request.reference_file)  # before decoding
+    print(_describe(restored, decode_config, len(lines)), file=stderr)
+    progress = request.inputs is None and len(lines) > 1 and stderr.isatty()
+    result = translate_lines(restored, lines, decode_config, progress=progress)
+    if result.truncated:
+        print(f"warning: {result.truncated} line(s) longer than model.max_length="
+              f"{restored.config.model.max_length} tokens were truncated to it.", file=stderr)
+    write_lines(result.translations, request.output_file, stdout)
+    scores = []
+    if references is not None:
+        scores = score_lines(result.translations, references, request.reference_file)
+        print("\n".join(scores), file=stderr)
+    plots = _plot(request, restored, result, stderr) if request.attention_plot else {}
+    return Decoded(result=result, scores=scores, plots=plots)
