@@ -146,7 +146,8 @@ def make_strategy(config: Config) -> PmapStrategy | MeshStrategy:
 
 
 def _first(tree: Any) -> Any:
-    return jax.tree.map(lambda leaf: leaf[0], tree)
+    """This process's first replica of a pmapped tree (leaf[0] may live on another host)."""
+    return jax.tree.map(lambda leaf: leaf.addressable_data(0).reshape(leaf.shape[1:]), tree)
 
 
 def step_rng(root: jax.Array, step: int | jax.Array) -> jax.Array:
