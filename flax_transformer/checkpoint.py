@@ -165,6 +165,7 @@ class Checkpoints:
                 log.warning("checkpoint %s in %s is unreadable (%s); trying the previous one.",
                             candidate, self.directory, _short(error))
                 continue
+            _check_shapes(restored.state, target, f"{self.directory}/{candidate}")
             return restored.state, dict(restored.data or {}), candidate
         raise CheckpointError(
             f"none of the checkpoints {candidates} in {self.directory} can be read; start "
@@ -176,6 +177,24 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _check_shapes(restored: Any, target: Any, name: str) -> None:
+    """Refuses a checkpoint whose tree or shapes differ from the config's model.
+
+    Orbax restores arrays with the shapes they were saved with, so a checkpoint of another
+    model would otherwise fail deep inside the first forward pass.
+    """
+    found = {jax.tree_util.keystr(path): np.shape(leaf)
+             for path, leaf in jax.tree_util.tree_leaves_with_path(restored)}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(target):
+        key = jax.tree_util.keystr(path)
+        if found.get(key) != np.shape(leaf):
+            raise CheckpointError(
+                f"the checkpoint {name} does not fit the model of the config: {key} has "
+                f"shape {found.get(key, 'missing')}, the config needs {np.shape(leaf)} "
+                "(config.json edited after training, or checkpoints copied from another "
+                "run). Use the run's own config.json.")
 
 
 def _short(error: Exception) -> str:

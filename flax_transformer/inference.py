@@ -64,24 +64,6 @@ def load_tokenizer(workdir: str, config: config_lib.Config) -> data.Tokenizer:
     return tokenizer
 
 
-def check_shapes(params: Any, expected: Any, name: str) -> None:
-    """Refuses parameters whose tree or shapes differ from the config's model.
-
-    Orbax restores arrays with the shapes they were saved with, so a checkpoint of another
-    model would otherwise fail deep inside the first forward pass.
-    """
-    found = {jax.tree_util.keystr(path): np.shape(leaf)
-             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
-        key = jax.tree_util.keystr(path)
-        if found.get(key) != np.shape(leaf):
-            raise checkpoint.CheckpointError(
-                f"the checkpoint {name} does not fit the model of its config.json: parameter "
-                f"{key} has shape {found.get(key, 'missing')}, the config needs "
-                f"{np.shape(leaf)} (config.json edited after training, or checkpoints "
-                "copied from another run). Decode with the run's own config.json.")
-
-
 def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restored:
     """Config, tokenizer and parameters of a run directory.
 
@@ -97,7 +79,6 @@ def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restore
     tokenizer = load_tokenizer(workdir, config)
     target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
     params, _, description = checkpoint.restore_params(workdir, target, which, use_ema)
-    check_shapes(params, target.params, f"{workdir}/{description}")
     return Restored(config=config, tokenizer=tokenizer, model=Transformer(config.model),
                     params=params, description=description)
 

@@ -102,3 +102,11 @@ def test_unwritable_workdir_is_refused_early(tmp_path):
     blocked.write_text("not a directory")
     with pytest.raises(checkpoint.CheckpointError, match="cannot write"):
         checkpoint.check_writable(str(blocked / "run"))
+
+
+def test_checkpoint_of_another_model_is_refused_with_the_parameter(tmp_path, host_state):
+    checkpoints = _save_steps(str(tmp_path), host_state, [1])
+    other_config = config_lib.override(micro_config(), {"model.d_ff": "128"})
+    other = jax.device_get(training.create_train_state(other_config, jax.random.key(0)))
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit the model.*d_ff|hidden"):
+        checkpoints.restore(other)
