@@ -36,17 +36,35 @@ def exact_match(hypotheses: list[str], references: list[str]) -> float:
     return sum(h.strip() == r.strip() for h, r in pairs) / max(len(pairs), 1)
 
 
+def score_lines(hypotheses: list[str], references: list[str]) -> list[str]:
+    """Printable BLEU and chrF (with signatures) and exact match of a test set."""
+    bleu_score, bleu_signature = bleu(hypotheses, references)
+    chrf_score, chrf_signature = chrf(hypotheses, references)
+    exact = exact_match(hypotheses, references)
+    lines = [f"BLEU = {bleu_score:.2f} ({bleu_signature})",
+             f"chrF = {chrf_score:.2f} ({chrf_signature})",
+             f"exact match = {100 * exact:.1f}% of {len(references)} lines"]
+    if references and all(len(reference.split()) < 4 for reference in references):
+        lines.append("note: every reference has fewer than 4 words, so 4-gram BLEU is near 0 "
+                     "by construction (e.g. German number compounds); read chrF and exact "
+                     "match instead.")
+    return lines
+
+
 class Evaluator:
     """Evaluates a training state on the validation split."""
 
-    def __init__(self, config: Config, split: Any, tokenizer: Any, strategy: Any):
+    def __init__(self, config: Config, split: Any, tokenizer: Any, strategy: Any,
+                 max_examples: int | None = None):
+        """max_examples: sentences decoded for BLEU; None = data.eval_examples, 0 = all."""
         self.config = config
         self.strategy = strategy
         self.tokenizer = tokenizer
         self.loss_batches = data.eval_batches(split, tokenizer, config.data,
                                               strategy.batch_multiple)
         self.decode_batches = data.eval_batches(split, tokenizer, config.data, 1,
-                                                max_examples=config.data.eval_examples)
+                                                max_examples=config.data.eval_examples
+                                                if max_examples is None else max_examples)
         count = sum(int(np.sum(batch["index"] >= 0)) for batch in self.decode_batches)
         self.references = [split[i]["target"] for i in range(count)]
         greedy = dataclasses.replace(config.decode, method="greedy",

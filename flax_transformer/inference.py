@@ -202,16 +202,7 @@ def score_lines(hypotheses: Sequence[str], references: Sequence[str],
       InferenceError: when the counts of hypotheses and references differ.
     """
     check_counts(len(hypotheses), references, reference_name)
-    bleu, bleu_signature = evaluation.bleu(list(hypotheses), list(references))
-    chrf, chrf_signature = evaluation.chrf(list(hypotheses), list(references))
-    exact = evaluation.exact_match(list(hypotheses), list(references))
-    lines = [f"BLEU = {bleu:.2f} ({bleu_signature})", f"chrF = {chrf:.2f} ({chrf_signature})",
-             f"exact match = {100 * exact:.1f}% of {len(references)} lines"]
-    if references and all(len(reference.split()) < 4 for reference in references):
-        lines.append("note: every reference has fewer than 4 words, so 4-gram BLEU is near 0 "
-                     "by construction (e.g. German number compounds); read chrF and exact "
-                     "match instead.")
-    return lines
+    return evaluation.score_lines(list(hypotheses), list(references))
 
 
 def attention_paths(path: str, self_attention: bool) -> dict[str, str]:

@@ -249,23 +249,24 @@ USER_ERRORS = (TrainingError, checkpoint.CheckpointError, data.DataError, FileNo
 
 
 def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool = True) -> dict:
-    """Decodes the test split with the best checkpoint; prints BLEU, exact match, examples."""
+    """Decodes the whole test split with the best checkpoint; prints scores and examples."""
     splits, tokenizer = load_data(config, workdir)
     target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
     params, _, what = checkpoint.restore_params(workdir, target, "best")
     strategy = parallel.make_strategy(dataclasses.replace(
         config, train=dataclasses.replace(config.train, parallelism="pmap")))
-    evaluator = evaluation.Evaluator(config, splits["test"], tokenizer, strategy)
+    evaluator = evaluation.Evaluator(config, splits["test"], tokenizer, strategy,
+                                     max_examples=0)
     hypotheses = evaluator.translations(params)
-    score, signature = evaluation.bleu(hypotheses, evaluator.references)
-    results = {"test_bleu": score,
-               "test_chrf": evaluation.chrf(hypotheses, evaluator.references)[0],
-               "test_exact_match": evaluation.exact_match(hypotheses, evaluator.references)}
+    references = evaluator.references
+    results = {"test_bleu": evaluation.bleu(hypotheses, references)[0],
+               "test_chrf": evaluation.chrf(hypotheses, references)[0],
+               "test_exact_match": evaluation.exact_match(hypotheses, references)}
     if not verbose:
         return results
-    print(f"\ntest split ({len(hypotheses)} sentences, greedy, {what}): BLEU {score:.2f} "
-          f"({signature}), chrF {results['test_chrf']:.1f}, "
-          f"exact match {100 * results['test_exact_match']:.1f}%")
+    print(f"\ntest split ({len(hypotheses)} sentences, greedy, {what}):")
+    for line in evaluation.score_lines(hypotheses, references):
+        print(f"  {line}")
     for index in range(min(examples, len(hypotheses))):
         hypothesis, reference = hypotheses[index], evaluator.references[index]
         verdict = "" if hypothesis == reference else f"  (reference: {reference!r})"
