@@ -120,6 +120,13 @@ def _announce(run: _Run) -> None:
           f"{config.train.parallelism} over {parallel.describe_devices()}")
     print(f"data: {data.describe(config.data)}; "
           f"{config.data.tokens_per_batch} tokens per batch; workdir {run.workdir}")
+    length = config.data.max_length
+    rows = max(config.data.tokens_per_batch // (2 * length), 1)
+    flops = training.train_flops_per_step(config.model, rows, length, length)
+    peak = config.train.peak_flops
+    print(f"model FLOPs per step: {flops / 1e9:.1f} GFLOP for a full [{rows}, {length}] batch; "
+          + (f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s is logged" if peak else
+             "set --config.train.peak_flops (benchmarks/peak.py measures it) to log MFU"))
     if run.step:
         print(f"resuming at step {run.step} of {config.train.num_steps}")
 
