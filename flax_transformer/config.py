@@ -209,8 +209,8 @@ def _tiny() -> Config:
                       bucket_lengths=(16, 24, 32, 40), eval_examples=500,
                       tokenizer_sentences=20_000)
     train = TrainConfig(
-        num_steps=600, learning_rate_scale=2.0, warmup_steps=400, log_every=50,
-        eval_every=200, checkpoint_every=200, keep_checkpoints=3, best_metric="exact_match",
+        num_steps=500, learning_rate_scale=0.5, warmup_steps=100, log_every=50,
+        eval_every=250, checkpoint_every=250, keep_checkpoints=3, best_metric="exact_match",
     )
     decode = DecodeConfig(tokens_per_batch=2048)
     return Config(name="tiny", model=model, data=data, train=train, decode=decode)

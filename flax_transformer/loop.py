@@ -233,6 +233,8 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
     previous_handlers = _install_signal_handlers(run)
     try:
         state = _train_steps(run, run.strategy.put_state(state))
+        if not run.stop_requested and not run.last_eval:  # resumed a finished run
+            _evaluate(run, state)
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)

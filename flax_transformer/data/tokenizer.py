@@ -49,11 +49,13 @@ class Tokenizer:
         alphabetic scripts; a rare letter must not become <unk> in a translation).
         """
         model = io.BytesIO()
+        # One thread: multi-threaded unigram training was seen to give different models
+        # for the same sentences, and runs must be repeatable.
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
             model_type=model_type, hard_vocab_limit=False, character_coverage=1.0,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            num_threads=os.cpu_count() or 1, minloglevel=2,
+            num_threads=1, minloglevel=2,
         )
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         temporary = f"{path}.tmp"
