@@ -45,7 +45,8 @@ def describe_machine() -> dict[str, Any]:
     devices = jax.devices()
     machine = {
         "cpu": cpu_model(),
-        "cores": os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "load_average": load_average(),
         "python": platform.python_version(),
         "jax": jax.__version__,

@@ -27,6 +27,8 @@ import argparse
 import dataclasses
 import json
 import os
+import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,19 +39,25 @@ import numpy as np
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 TORCH_IMPLS = ("torch eager", "torch.compile")
+PROTOCOL = "@@bench "          # prefix of the lines a worker answers its parent with
 
 
 # --------------------------------------------------------------------------- shared setup
 
 
-def bench_config(preset: str, length: int, dropout: float | None = None):
-    """The preset with untied embeddings, room for ``length`` positions, jit strategy."""
+def bench_config(preset: str, length: int, dropout: float | None = None,
+                 dtype: str = "float32"):
+    """The preset with untied embeddings, room for ``length`` positions, jit strategy.
+
+    ``dtype`` is the compute dtype (parameters stay float32): "bfloat16" is mixed
+    precision, compared with torch.autocast.
+    """
     from flax_transformer.config import get_config
 
     config = get_config(preset)
     model = dataclasses.replace(
         config.model, share_embeddings=False, tie_output=False,
-        max_length=max(config.model.max_length, length),
+        max_length=max(config.model.max_length, length), dtype=dtype,
         dropout_rate=config.model.dropout_rate if dropout is None else dropout)
     train = dataclasses.replace(config.train, parallelism="mesh")
     return dataclasses.replace(config, model=model, train=train)
@@ -75,21 +83,15 @@ def device_peak_mib() -> float | None:
     return None
 
 
-def time_steps(step, steps: int, rounds: int, sync) -> dict:
-    """First call (compile included), then the best/median of ``rounds`` × ``steps`` calls."""
-    start = time.perf_counter()
-    sync(step())
-    first = time.perf_counter() - start
-
-    def run_round():
-        result = None
-        for _ in range(steps):
-            result = step()
-        sync(result)
-    timing = common.best_of(run_round, repeats=rounds, warmup=1)
-    return {"first_step_s": first, "step_s": timing["best_s"] / steps,
-            "median_step_s": timing["median_s"] / steps,
-            "busy_cores": timing["cpu_s"] / timing["median_s"]}
+def time_round(step, sync, steps: int) -> dict:
+    """Wall and process CPU seconds of ``steps`` calls, waiting for the last one."""
+    start, cpu_start = time.perf_counter(), common.process_cpu_s()
+    result = None
+    for _ in range(steps):
+        result = step()
+    sync(result)
+    return {"round_s": time.perf_counter() - start,
+            "cpu_s": common.process_cpu_s() - cpu_start}
 
 
 # --------------------------------------------------------------------------- ours
@@ -108,27 +110,24 @@ def ours_step_fn(config, batch_np: dict, prng_impl: str, total_steps: int):
     holder = {"state": state, "count": 0}
 
     def step():
-        holder["state"], metrics = strategy.train_step(holder["state"], batch,
-                                                       keys[holder["count"]])
+        key = keys[holder["count"] % total_steps]
+        holder["state"], metrics = strategy.train_step(holder["state"], batch, key)
         holder["count"] += 1
         return holder["state"], metrics
     return step
 
 
-def run_ours(spec: dict) -> dict:
+def ours_session(spec: dict):
+    """(step, sync, finish) of our train step on the spec's batch, in this process."""
     import jax
 
-    config = bench_config(spec["preset"], spec["length"])
+    config = bench_config(spec["preset"], spec["length"], dtype=spec.get("dtype", "float32"))
     batch = make_batch(spec["batch_size"], spec["length"], config.model.vocab_size)
-    step = ours_step_fn(config, batch, spec["prng_impl"],
-                        2 + spec["steps"] * (spec["rounds"] + 2))
-    result = time_steps(step, spec["steps"], spec["rounds"], jax.block_until_ready)
-    if spec.get("trace"):
-        try:
-            result["profile"] = profile_steps(step, spec["steps"])
-        except Exception as error:    # a profiler that cannot trace here costs no numbers
-            result["profile_error"] = f"{type(error).__name__}: {error}"[:200]
-    return result
+    step = ours_step_fn(config, batch, spec["prng_impl"], 64)
+
+    def finish() -> dict:
+        return {"device_peak_mib": device_peak_mib()}
+    return step, jax.block_until_ready, finish
 
 
 def profile_steps(step, steps: int, top: int = 12) -> list[dict]:
@@ -264,10 +263,14 @@ def torch_step_fn(config, model, batch_np: dict, compiled: bool, total_steps: in
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1.0,
                                  betas=(train.adam_beta1, train.adam_beta2),
                                  eps=train.adam_epsilon)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: float(rates[count]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda count: float(rates[min(count, total_steps)]))
+
+    autocast = config.model.dtype == "bfloat16"
 
     def loss_fn(source, target_input, target_output):
-        logits = model(source, target_input)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(source, target_input)
         return torch_loss(logits, target_output, train.label_smoothing)
     loss_fn = torch.compile(loss_fn) if compiled else loss_fn
 
@@ -282,7 +285,8 @@ def torch_step_fn(config, model, batch_np: dict, compiled: bool, total_steps: in
     return step
 
 
-def run_torch(spec: dict) -> dict:
+def torch_session(spec: dict):
+    """(step, sync, finish) of the torch train step on the spec's batch, in this process."""
     import torch
 
     device = torch_device(spec)
@@ -290,15 +294,15 @@ def run_torch(spec: dict) -> dict:
     if on_gpu:
         torch.set_float32_matmul_precision("high")   # TF32, as JAX's default precision
     torch.backends.mha.set_fastpath_enabled(False)
-    config = bench_config(spec["preset"], spec["length"])
+    config = bench_config(spec["preset"], spec["length"], dtype=spec.get("dtype", "float32"))
     batch = make_batch(spec["batch_size"], spec["length"], config.model.vocab_size)
     step = torch_step_fn(config, torch_model(config), batch, spec["impl"] == "torch.compile",
-                         2 + spec["steps"] * (spec["rounds"] + 1), device)
-    result = time_steps(step, spec["steps"], spec["rounds"],
-                        lambda _: torch.cuda.synchronize() if on_gpu else None)
-    if on_gpu:
-        result["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+                         10_000, device)
+
+    def finish() -> dict:
+        return {"device_peak_mib": torch.cuda.max_memory_allocated() / 2**20
+                if on_gpu else None}
+    return step, (lambda _: torch.cuda.synchronize() if on_gpu else None), finish
 
 
 # --------------------------------------------------------------------------- parity
@@ -379,67 +383,156 @@ def check_training(config, steps: int = 3, rows: int = 4, length: int = 12) -> d
 # --------------------------------------------------------------------------- workers
 
 
-def worker_main(spec_text: str, result_path: str) -> int:
-    """Runs one timing case in this (fresh) process and writes its result as JSON."""
+def _reply(message: dict) -> None:
+    """One protocol line on stdout; other output of the libraries is ignored."""
+    print(PROTOCOL + json.dumps(message), flush=True)
+
+
+def worker_main(spec_text: str) -> int:
+    """Serves one implementation in this process: ready, then "round"/"profile"/"finish"."""
     spec = json.loads(spec_text)
     try:
-        result = run_torch(spec) if spec["impl"] in TORCH_IMPLS else run_ours(spec)
-        if spec["impl"] not in TORCH_IMPLS:
-            result["device_peak_mib"] = device_peak_mib()
+        session = torch_session if spec["impl"] in TORCH_IMPLS else ours_session
+        step, sync, finish = session(spec)
+        start = time.perf_counter()
+        sync(step())
+        first = time.perf_counter() - start
+        time_round(step, sync, spec["steps"])                                # warm-up
     except Exception as error:    # e.g. torch.compile without a working C++ toolchain
         lines = str(error).strip().splitlines() or [""]
-        result = {"error": f"{type(error).__name__}: {lines[0][:160]}"}
-    result["peak_rss_mib"] = common.peak_rss_mib()
-    with open(result_path, "w") as handle:
-        json.dump(result, handle)
+        _reply({"error": f"{type(error).__name__}: {lines[0][:160]}"})
+        return 0
+    _reply({"first_step_s": first})
+    for line in sys.stdin:
+        if line.strip() == "round":
+            _reply(time_round(step, sync, spec["steps"]))
+        elif line.strip() == "profile":
+            try:
+                _reply({"profile": profile_steps(step, spec["steps"])})
+            except Exception as error:    # a profiler that cannot trace costs no numbers
+                _reply({"profile_error": f"{type(error).__name__}: {error}"[:200]})
+        else:
+            _reply(dict(finish(), peak_rss_mib=common.peak_rss_mib()))
+            return 0
     return 0
 
 
-def run_worker(spec: dict, timeout: float) -> dict:
-    """Runs ``spec`` in a child process; a crash or timeout becomes {"error": reason}."""
-    environment = dict(os.environ)
-    if spec.get("xla_flags"):
-        environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {spec['xla_flags']}"
-    if spec["impl"] in TORCH_IMPLS:
-        environment["JAX_PLATFORMS"] = "cpu"   # jax only evaluates the schedule there
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "result.json")
-        command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec),
-                   "--result", path]
-        try:
-            finished = subprocess.run(command, capture_output=True, text=True,
-                                      timeout=timeout, env=environment, check=False)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout:.0f} s"}
-        if not os.path.exists(path):
-            tail = (finished.stderr.strip().splitlines() or ["no output"])[-1]
-            return {"error": f"worker exited {finished.returncode}: {tail[:160]}"}
-        with open(path) as handle:
-            return json.load(handle)
+class Worker:
+    """A child process serving one spec; ``ask`` sends a command and reads its reply."""
+
+    def __init__(self, spec: dict, timeout: float):
+        environment = dict(os.environ)
+        if spec.get("xla_flags"):
+            environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {spec['xla_flags']}"
+        if spec["impl"] in TORCH_IMPLS:
+            environment["JAX_PLATFORMS"] = "cpu"   # jax only evaluates the schedule there
+        self.log = tempfile.TemporaryFile()          # noqa: SIM115 (closed by close())
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=environment,
+            bufsize=0)
+        self.timeout, self.pending = timeout, b""
+
+    def ask(self, command: str = "") -> dict:
+        """Sends ``command`` (none: waits for the first reply); errors become {"error"}."""
+        if command:
+            self.process.stdin.write(command.encode() + b"\n")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            while b"\n" not in self.pending:
+                remaining = deadline - time.monotonic()
+                if not select.select([self.process.stdout], [], [], max(remaining, 0))[0]:
+                    self.close()
+                    return {"error": f"timed out after {self.timeout:.0f} s"}
+                chunk = os.read(self.process.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    return {"error": f"worker exited {self.process.wait()}: {self._tail()}"}
+                self.pending += chunk
+            line, self.pending = self.pending.split(b"\n", 1)
+            if line.startswith(PROTOCOL.encode()):
+                return json.loads(line[len(PROTOCOL):])
+
+    def _tail(self) -> str:
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+        return lines[-1][:160]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.log.close()
 
 
-def measure(spec: dict, config, args) -> dict:
-    """Times one case and adds throughput and MFU; prints a progress line."""
-    result = dict(spec, **run_worker(spec, args.worker_timeout))
-    if "step_s" in result:
+def start_workers(specs: list[dict], args) -> tuple[list[dict], list[tuple[Worker, dict]]]:
+    """Starts the workers one after another, so that their compilations do not overlap."""
+    results, live = [], []
+    for spec in specs:
+        worker = Worker(spec, args.worker_timeout)
+        result = dict(spec, **worker.ask())
+        results.append(result)
+        if "error" in result:
+            worker.close()
+            print(f"  {_label(spec)} {result['error']}", flush=True)
+        else:
+            live.append((worker, result))
+    return results, live
+
+
+def measure_group(specs: list[dict], args) -> list[dict]:
+    """Times the specs' steps in interleaved rounds: A B C, A B C, ...
+
+    A change in the machine's load during the run then slows every implementation alike,
+    instead of whichever happened to run at that time.
+    """
+    results, live = start_workers(specs, args)
+    for _ in range(args.rounds):
+        for worker, result in live:
+            if "error" not in result:
+                reply = worker.ask("round")
+                if "error" in reply:
+                    result.update(reply)
+                else:
+                    result.setdefault("rounds", []).append(reply)
+    for worker, result in live:
+        if "error" not in result:
+            if result.get("trace"):
+                result.update(worker.ask("profile"))
+            result.update(worker.ask("finish"))
+        worker.close()
+        summarize(result, args)
+    return results
+
+
+def _label(spec: dict) -> str:
+    return f"{spec['preset']:5s} L={spec['length']:<4d} {spec['impl']:28s}"
+
+
+def summarize(result: dict, args) -> None:
+    """Adds step times (best/median round), busy cores, throughput and MFU; prints a line."""
+    rounds = result.get("rounds", [])
+    if "error" not in result and rounds:
         from flax_transformer.training import train_flops_per_step
 
-        flops = train_flops_per_step(config.model, spec["batch_size"], spec["length"],
-                                     spec["length"])
+        walls = [entry["round_s"] / result["steps"] for entry in rounds]
+        result["step_s"], result["median_step_s"] = min(walls), statistics.median(walls)
+        cpu = statistics.median(entry["cpu_s"] for entry in rounds) / result["steps"]
+        result["busy_cores"] = cpu / result["median_step_s"]
+        config = bench_config(result["preset"], result["length"])
+        result["model_flops"] = train_flops_per_step(config.model, result["batch_size"],
+                                                     result["length"], result["length"])
         result["steps_per_s"] = 1.0 / result["step_s"]
-        result["tokens_per_s"] = spec["batch_size"] * spec["length"] / result["step_s"]
-        result["model_flops"] = flops
-        result["mfu"] = flops / result["step_s"] / args.peak_flops_per_s
-    print(f"  {spec['preset']:5s} L={spec['length']:<4d} {spec['impl']:28s} "
-          + (f"{result['step_s'] * 1e3:9.1f} ms/step" if "step_s" in result
-             else result["error"]), flush=True)
-    return result
+        result["tokens_per_s"] = result["batch_size"] * result["length"] / result["step_s"]
+        result["mfu"] = result["model_flops"] / result["step_s"] / args.peak_flops_per_s
+    print(f"  {_label(result)} " + (f"{result['step_s'] * 1e3:9.1f} ms/step"
+                                     if "step_s" in result else result.get("error", "")),
+          flush=True)
 
 
 def case(preset: str, impl: str, tokens: int, length: int, args, **extra) -> dict:
     return {"preset": preset, "impl": impl, "length": length,
             "batch_size": max(1, tokens // length), "steps": args.steps,
-            "rounds": args.rounds, "torch_device": args.torch_device, **extra}
+            "torch_device": args.torch_device, "dtype": args.dtype, **extra}
 
 
 # --------------------------------------------------------------------------- runs
@@ -468,15 +561,13 @@ def run_presets(args) -> list[dict]:
     """Every implementation on every preset's fixed batch."""
     results = []
     for preset, tokens in zip(args.presets, args.tokens, strict=True):
-        config = bench_config(preset, args.length)
+        specs = []
         for prng, flags in ours_variants(args):
             name = f"ours ({prng})" + (f" XLA_FLAGS={flags}" if flags else "")
-            spec = case(preset, name, tokens, args.length, args, prng_impl=prng,
-                        xla_flags=flags, trace=args.profile)
-            results.append(measure(spec, config, args))
-        for impl in args.torch_impls:
-            results.append(measure(case(preset, impl, tokens, args.length, args),
-                                   config, args))
+            specs.append(case(preset, name, tokens, args.length, args, prng_impl=prng,
+                              xla_flags=flags, trace=args.profile))
+        specs += [case(preset, impl, tokens, args.length, args) for impl in args.torch_impls]
+        results += measure_group(specs, args)
     return results
 
 
@@ -496,13 +587,9 @@ def run_sweep(args, results: list[dict]) -> list[dict]:
     flags = best.get("xla_flags", "") if best else ""
     tokens = args.sweep_tokens or dict(zip(args.presets, args.tokens, strict=True)).get(
         preset, 1024)
-    sweep = []
-    for length in args.sweep_lengths:
-        config = bench_config(preset, length)
-        spec = case(preset, best["impl"] if best else f"ours ({prng})", tokens, length, args,
-                    prng_impl=prng, xla_flags=flags)
-        sweep.append(measure(spec, config, args))
-    return sweep
+    name = best["impl"] if best else f"ours ({prng})"
+    return measure_group([case(preset, name, tokens, length, args, prng_impl=prng,
+                               xla_flags=flags) for length in args.sweep_lengths], args)
 
 
 def attention_share(model_config, length: int) -> float:
@@ -542,7 +629,7 @@ def print_check_table(checks: list[dict]) -> str:
          "result"], rows)
 
 
-def print_speed_table(results: list[dict]) -> str:
+def print_speed_table(results: list[dict], dtype: str) -> str:
     rows = [(r["preset"], r["impl"], f"{r['batch_size']}×{r['length']}",
              _ms(r, "step_s"), _ms(r, "median_step_s"), r.get("steps_per_s"),
              r.get("tokens_per_s"), r.get("mfu"), _ratio(r, results, "torch eager"),
@@ -550,7 +637,8 @@ def print_speed_table(results: list[dict]) -> str:
              r.get("peak_rss_mib"), r.get("device_peak_mib"), r.get("error", ""))
             for r in results]
     return common.print_table(
-        "Train step (post-LN, dropout 0.1, label smoothing 0.1, Adam + paper schedule)",
+        f"Train step, {dtype} (post-LN, dropout 0.1, label smoothing 0.1, Adam + paper "
+        "schedule)",
         ["preset", "implementation", "batch B×L", "ms/step best", "ms/step median",
          "steps/s", "target tok/s", "MFU", "× torch eager", "× torch.compile",
          "busy cores", "first step s", "peak host MiB", "peak device MiB", "note"], rows)
@@ -626,6 +714,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=_ints, default=[2048, 512],
                         help="target tokens per batch, one per preset (rows = tokens // L)")
     parser.add_argument("--length", type=int, default=64, help="source = target length L")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="compute dtype (bfloat16: ours with model.dtype, torch with "
+                             "autocast); MFU is against the matmul peak of this dtype")
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
     parser.add_argument("--prng-impls", type=_names, default=["threefry2x32", "rbg"],
@@ -647,7 +738,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="trace our steps with jax.profiler and print the costliest ops")
     parser.add_argument("--worker-timeout", type=float, default=900.0)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--result", default="", help=argparse.SUPPRESS)
     common.add_json_flag(parser)
     args = parser.parse_args(argv)
     if not args.worker and len(args.tokens) != len(args.presets):
@@ -658,7 +748,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        return worker_main(args.worker, args.result)
+        return worker_main(args.worker)
     import peak
     import torch
 
@@ -666,23 +756,23 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.describe_machine()
     print(common.machine_line(machine), flush=True)
     args.torch_device = "cuda" if machine["backend"] == "gpu" else "cpu"
-    peaks = [peak.measure_peak("float32", repeats=10)]
+    peaks = [peak.measure_peak(args.dtype, repeats=10)]
     args.peak_flops_per_s = peaks[0]["peak_flops_per_s"]
-    print(f"float32 matmul peak: {args.peak_flops_per_s / 1e9:.1f} GFLOP/s", flush=True)
+    print(f"{args.dtype} matmul peak: {args.peak_flops_per_s / 1e9:.1f} GFLOP/s", flush=True)
     checks = run_checks(args)
     text = print_check_table(checks)
     results = run_presets(args)
     sweep = run_sweep(args, results)
-    peaks.append(peak.measure_peak("float32", repeats=10))    # the peak again, at the end
+    peaks.append(peak.measure_peak(args.dtype, repeats=10))    # the peak again, at the end
     args.peak_flops_per_s = max(entry["peak_flops_per_s"] for entry in peaks)
     for result in results + sweep:
         if "model_flops" in result:
             result["mfu"] = result["model_flops"] / result["step_s"] / args.peak_flops_per_s
-    text += (f"\nfloat32 matmul peak (MFU denominator, best of the start and the end of "
+    text += (f"\n{args.dtype} matmul peak (MFU denominator, best of the start and the end of "
              f"this run): {args.peak_flops_per_s / 1e9:.1f} GFLOP/s\n")
     print(text.splitlines()[-1])
     goals = targets(results, "base" if "base" in args.presets else args.presets[-1])
-    text += print_speed_table(results) + print_sweep_table(sweep, args.sweep_preset)
+    text += print_speed_table(results, args.dtype) + print_sweep_table(sweep, args.sweep_preset)
     text += print_profile_tables(results, args.presets)
     text += print_target_table(goals)
     common.write_json(args.json, {
