@@ -88,6 +88,14 @@ def test_two_processes_match_one_process_and_restore_in_one(corpus, tmp_path):
     for got, want in zip(jax.tree.leaves(multi_params), jax.tree.leaves(single_params),
                          strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
+    # Saved by 4 devices (and by 2 × 2), restored by a process with a single device.
+    for workdir in (single, multi):
+        decoded = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "decode.py"), "--workdir", workdir,
+             "--checkpoint", "latest", "--input", "forty-two"],
+            env=_env(1), capture_output=True, text=True, timeout=300)
+        assert decoded.returncode == 0, decoded.stderr[-2000:]
+        assert "restored checkpoints/6" in decoded.stderr
 
 
 def _wait_for_checkpoint(workdir, process, timeout=300):
