@@ -13,10 +13,12 @@ Adam(0.9, 0.98, 1e-9) on the paper's schedule) this script
 3. times our step at sequence lengths 64 → 128 → 256 for the same token budget.
 
 Each implementation runs in its own worker process (same batch from the same seed), so
-that its peak host memory, threads and compile time are its own. MFU divides the model
-FLOPs (``training.train_flops_per_step``) per second by the matmul peak ``peak.py``
-measures at the start of the same run. Both models untie their embeddings and output
-projection (``share_embeddings=False, tie_output=False``), as ``TorchSeq2Seq`` does.
+that its peak host memory, threads and compile time are its own. The workers of a group
+start one after another (their compilations never overlap), then are timed in interleaved
+rounds, so that a change of load on a shared machine hits each alike. MFU divides the
+model FLOPs (``training.train_flops_per_step``) per second by the matmul peak ``peak.py``
+measures at the start and the end of the same run. Both models untie their embeddings and
+output projection (``share_embeddings=False, tie_output=False``), as ``TorchSeq2Seq`` does.
 
 Run: ``python benchmarks/train_step.py [--presets tiny,base] [--json out.json]``.
 """
@@ -476,6 +478,8 @@ def start_workers(specs: list[dict], args) -> tuple[list[dict], list[tuple[Worke
             print(f"  {_label(spec)} {result['error']}", flush=True)
         else:
             live.append((worker, result))
+            print(f"  {_label(spec)} ready, first step {result['first_step_s']:.1f} s",
+                  flush=True)
     return results, live
 
 
@@ -718,7 +722,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="compute dtype (bfloat16: ours with model.dtype, torch with "
                              "autocast); MFU is against the matmul peak of this dtype")
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds (best is kept)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds, interleaved across implementations (best is kept)")
     parser.add_argument("--prng-impls", type=_names, default=["threefry2x32", "rbg"],
                         help=f"PRNG implementations for our dropout, of {PRNG_IMPLS}")
     parser.add_argument("--xla-variants", default="",
