@@ -9,7 +9,9 @@ Measures, with the 'multi30k' preset's data config (vocabulary 8000, max_length 
    ``data.train_batches`` delivers, the distinct batch shapes, and the fraction of
    batch tokens that are not padding;
 3. the tokenizer's coverage of the validation split: the fraction of tokens that are not
-   <unk> and the fraction of characters that have a piece.
+   <unk> and the fraction of characters that have a piece;
+4. the pairs/s that the multi30k preset's train step consumes on this machine, against
+   the pipeline's pairs/s (how far the pipeline is from being the bottleneck).
 
 Run: ``python benchmarks/data.py [--multi30k ../shared/data/multi30k] [--json out.json]``.
 """
@@ -64,6 +66,34 @@ def epoch_rates(train_pairs, tokenizer, config: DataConfig, epochs: int) -> dict
             "non_padding_fraction": real_tokens / all_tokens, "stats": iterator.stats}
 
 
+def train_step_rate(train_pairs, tokenizer, steps: int = 3) -> dict:
+    """Pairs/s that the multi30k preset's train step consumes (one batch shape, compiled once)."""
+    import jax
+
+    from flax_transformer import training
+
+    config = get_config("multi30k")
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, train_files="x", validation_files="x"))
+    iterator = data.train_batches(train_pairs, tokenizer, config.data, 1)
+    first = next(iterator)
+    batches = [b for b in (next(iterator) for _ in range(60))
+               if b["source"].shape == first["source"].shape][:steps]
+    step = jax.jit(lambda s, b, r: training.train_step(s, b, r, config=config),
+                   donate_argnums=(0,))
+    state = training.create_train_state(config, jax.random.key(0))
+    state, metrics = step(state, first, jax.random.key(1))
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for index, batch in enumerate(batches):
+        state, metrics = step(state, batch, jax.random.key(index))
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / len(batches)
+    pairs = sum(pairs_in(batch) for batch in batches) / len(batches)
+    return {"batch_shape": list(first["source"].shape), "seconds_per_step": seconds,
+            "pairs_per_step": pairs, "pairs_per_s": pairs / seconds}
+
+
 def coverage(pairs, tokenizer) -> dict:
     """Fractions of tokens that are not <unk> and of non-space characters with a piece."""
     pieces = tokenizer.id_to_piece(range(4, tokenizer.vocab_size))
@@ -101,6 +131,7 @@ def run(multi30k: str, workdir: str, epochs: int) -> dict:
         "packed": epoch_rates(splits["train"], tokenizer,
                               dataclasses.replace(config, packing=True), epochs),
         "validation_coverage": coverage(splits["validation"], tokenizer),
+        "train_step": train_step_rate(splits["train"], tokenizer),
     }
 
 
@@ -118,6 +149,14 @@ def report(results: dict) -> None:
     common.print_table("Training batches (6000 tokens per batch, this process only)",
                        ["layout", "pairs/s", "batches/s", "batches/epoch",
                         "distinct shapes/epoch", "non-padding fraction"], rows)
+    consumer = results["train_step"]
+    common.print_table("Pipeline against the train step (multi30k preset, same batches)",
+                       ["measure", "value"], [
+        ["train step: seconds per step", consumer["seconds_per_step"]],
+        ["train step: pairs consumed per second", consumer["pairs_per_s"]],
+        ["pipeline pairs/s ÷ train step pairs/s (buckets)",
+         results["buckets"]["pairs_per_s"] / consumer["pairs_per_s"]],
+    ])
     cover = results["validation_coverage"]
     common.print_table("Tokenizer coverage on Multi30k validation", ["measure", "value"], [
         ["tokens that are not <unk>", cover["token_coverage"]],
