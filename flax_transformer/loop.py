@@ -97,7 +97,8 @@ def _setup(config: Config, workdir: str) -> _Run:
                 checkpoints=checkpoint.Checkpoints(workdir, config.train.keep_checkpoints),
                 writer=MetricsWriter(workdir, enabled=jax.process_index() == 0),
                 train_batches=train_batches, evaluator=evaluator,
-                root_rng=jax.random.key(config.train.seed))
+                # rbg keys: dropout bits ~12% cheaper on CPU than threefry (benchmarks/).
+                root_rng=jax.random.key(config.train.seed, impl="rbg"))
 
 
 def _initial_state(run: _Run) -> Any:
