@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -60,8 +61,7 @@ class Evaluator:
         self.config = config
         self.strategy = strategy
         self.tokenizer = tokenizer
-        self.loss_batches = data.eval_batches(split, tokenizer, config.data,
-                                              strategy.batch_multiple)
+        self.split = split
         self.decode_batches = data.eval_batches(split, tokenizer, config.data, 1,
                                                 max_examples=config.data.eval_examples
                                                 if max_examples is None else max_examples)
@@ -73,6 +73,13 @@ class Evaluator:
             Transformer(config.model), greedy, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id)
         self.signature_printed = False
+
+    @functools.cached_property
+    def loss_batches(self) -> list[dict]:
+        """Every example of the split in device-divisible batches; built on first use only
+        (the test report decodes but never needs them)."""
+        return data.eval_batches(self.split, self.tokenizer, self.config.data,
+                                 self.strategy.batch_multiple)
 
     def translations(self, params: Any) -> list[str]:
         """Greedy outputs for the first eval_examples validation sources, in order."""
