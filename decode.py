@@ -50,8 +50,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="run directory written by train.py (config.json, "
                              "tokenizer.model, checkpoints/)")
     parser.add_argument("--checkpoint", default="best", type=_checkpoint_name,
-                        help="'best' (highest validation score), 'latest', 'averaged' "
-                             "(train.average_last) or a step number (default: best)")
+                        help="'best' (highest validation score: a checkpoint, or the "
+                             "average of the last ones when it scored at least as high), "
+                             "'latest', 'averaged' (train.average_last) or a step number "
+                             "(default: best)")
     parser.add_argument("--ema", action="store_true",
                         help="use the exponential moving average of the parameters")
     io = parser.add_argument_group("input and output")

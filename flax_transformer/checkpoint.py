@@ -143,6 +143,11 @@ class Checkpoints:
         self._manager.reload()
         return self._manager.best_step()
 
+    def score(self, step: int) -> float | None:
+        """The validation score saved with ``step``, or None when it was saved without one."""
+        metrics = self._manager.metrics(step)
+        return float(metrics["score"]) if metrics and "score" in metrics else None
+
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
         """Restores (state, data_state, step); the newest readable step when ``step`` is None.
 
@@ -170,6 +175,9 @@ class Checkpoints:
         raise CheckpointError(
             f"none of the checkpoints {candidates} in {self.directory} can be read; start "
             "fresh in a new --workdir.")
+
+    def delete(self, step: int) -> None:
+        self._manager.delete(step)
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
@@ -202,12 +210,10 @@ def _short(error: Exception) -> str:
     return text if len(text) < 300 else text[:300] + "…"
 
 
-def average_last(workdir: str, target: Any, count: int, keep: int = 5) -> int:
-    """Averages the parameters of the last ``count`` checkpoints into WORKDIR/averaged.
-
-    Returns:
-      the step under which the average is saved (the newest step averaged).
-    """
+def average_params(workdir: str, target: Any, count: int, keep: int = 5
+                   ) -> tuple[Any, list[int]]:
+    """The state of the newest of the last ``count`` checkpoints, its parameters replaced by
+    their mean over those checkpoints (computed in float64); and the steps averaged."""
     checkpoints = Checkpoints(workdir, keep=keep, async_save=False)
     steps = checkpoints.steps()[-count:]
     if not steps:
@@ -217,19 +223,45 @@ def average_last(workdir: str, target: Any, count: int, keep: int = 5) -> int:
         state, _, _ = checkpoints.restore(target, step)
         params = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), state.params)
         total = params if total is None else jax.tree.map(np.add, total, params)
+    checkpoints.close()
     averaged = jax.tree.map(lambda leaf, like: (leaf / len(steps)).astype(like.dtype),
                             total, state.params)
+    return state.replace(params=averaged), steps
+
+
+def save_averaged(workdir: str, state: Any, steps: list[int],
+                  score: float | None = None) -> None:
+    """Writes an averaged state to WORKDIR/averaged under the newest step it averages.
+
+    ``score``, its validation score, lets ``restore_params(which="best")`` prefer it to the
+    best single checkpoint. An earlier average under the same step is replaced.
+    """
     out = Checkpoints(workdir, keep=1, async_save=False, subdir="averaged")
-    out.save(steps[-1], state.replace(params=averaged), {"averaged_steps": steps})
+    if steps[-1] in out.steps():
+        out.delete(steps[-1])
+    out.save(steps[-1], state, {"averaged_steps": steps},
+             None if score is None else {"score": float(score)})
     out.wait()
     out.close()
-    checkpoints.close()
+
+
+def average_last(workdir: str, target: Any, count: int, keep: int = 5) -> int:
+    """Averages the parameters of the last ``count`` checkpoints into WORKDIR/averaged.
+
+    Returns:
+      the step under which the average is saved (the newest step averaged).
+    """
+    state, steps = average_params(workdir, target, count, keep)
+    save_averaged(workdir, state, steps)
     return steps[-1]
 
 
 def restore_params(workdir: str, target: Any, which: str = "best",
                    use_ema: bool = False) -> tuple[Any, int, str]:
     """Parameters for inference: which = 'best', 'latest', 'averaged' or a step number.
+
+    "best" is the checkpoint with the highest validation score, or the average of the
+    last checkpoints (``train.average_last``) when its validation score is at least as high.
 
     Returns:
       (params, step, description of what was restored).
@@ -239,10 +271,12 @@ def restore_params(workdir: str, target: Any, which: str = "best",
         raise CheckpointError(
             f"no {subdir}/ in {workdir!r}: train first (python train.py --workdir "
             f"{workdir}){' with --config.train.average_last=5' if subdir == 'averaged' else ''}.")
+    if which == "best" and _averaged_is_better(workdir):
+        subdir = "averaged"
     checkpoints = Checkpoints(workdir, async_save=False, subdir=subdir)
     step = None
     if which == "best":
-        step = checkpoints.best_step()
+        step = checkpoints.best_step() if subdir == "checkpoints" else None
     elif which not in ("latest", "averaged"):
         step = int(which)
     state, _, step = checkpoints.restore(target, step)
@@ -251,6 +285,22 @@ def restore_params(workdir: str, target: Any, which: str = "best",
         raise CheckpointError("this run kept no EMA of parameters (train.ema_decay was 0).")
     params = state.ema_params if use_ema else state.params
     return params, step, f"{subdir}/{step}{' (EMA)' if use_ema else ''}"
+
+
+def _averaged_is_better(workdir: str) -> bool:
+    """Whether WORKDIR/averaged holds an average scored at least as high as the best step."""
+    if not os.path.isdir(os.path.join(workdir, "averaged")):
+        return False
+    averaged = Checkpoints(workdir, keep=1, async_save=False, subdir="averaged")
+    checkpoints = Checkpoints(workdir, async_save=False)
+    try:
+        latest, best = averaged.latest_step(), checkpoints.best_step()
+        averaged_score = averaged.score(latest) if latest is not None else None
+        best_score = checkpoints.score(best) if best is not None else None
+    finally:
+        averaged.close()
+        checkpoints.close()
+    return averaged_score is not None and (best_score is None or averaged_score >= best_score)
 
 
 def save_json(path: str, values: dict) -> None:

@@ -108,6 +108,8 @@ class TrainConfig:
     num_steps: int = _field(100_000, "optimizer steps to train for")
     learning_rate_scale: float = _field(1.0, "multiplies the paper's d_model^-0.5 schedule")
     warmup_steps: int = _field(4000, "linear warm-up steps of the schedule")
+    cooldown_steps: int = _field(0, "anneal the rate linearly to 0 over the last N steps "
+                                    "(0 = the paper's schedule to the end)")
     adam_beta1: float = _field(0.9, "Adam beta1")
     adam_beta2: float = _field(0.98, "Adam beta2")
     adam_epsilon: float = _field(1e-9, "Adam epsilon")
@@ -133,6 +135,12 @@ class TrainConfig:
         _positive(self, "checkpoint_every", "keep_checkpoints", "gradient_accumulation")
         _positive(self, "learning_rate_scale", "adam_epsilon")
         _non_negative(self, "weight_decay", "gradient_clip_norm", "average_last")
+        _non_negative(self, "cooldown_steps")
+        if self.cooldown_steps > self.num_steps:
+            raise ConfigError(
+                f"train.cooldown_steps={self.cooldown_steps} exceeds train.num_steps="
+                f"{self.num_steps}; the cool-down is part of the run, choose at most "
+                f"{self.num_steps}.")
         _non_negative(self, "peak_flops", "max_eval_length_extra")
         _in_unit_interval(self, "label_smoothing", "ema_decay", "adam_beta1", "adam_beta2")
         _one_of(self, "parallelism", ("pmap", "mesh"))
@@ -222,17 +230,23 @@ def _default() -> Config:
 
 
 def _multi30k() -> Config:
-    """A small Transformer for Multi30k EN→DE on a CPU (set data.*_files)."""
+    """A small Transformer for Multi30k EN→DE, sized for one hour on a 2-core CPU.
+
+    Set data.{train,validation,test}_files. The recipe: packed 4,000-token batches, the
+    paper's schedule with an 800-step linear cool-down to 0, checkpoints every 100 steps
+    and the average of the last 5, scored on validation (README: command and result).
+    """
     model = ModelConfig(
         vocab_size=8000, d_model=256, num_heads=4, d_ff=1024,
         num_encoder_layers=3, num_decoder_layers=3, max_length=128, dropout_rate=0.1,
     )
     data = DataConfig(
-        dataset="parallel_text", vocab_size=8000, max_length=64, tokens_per_batch=6000,
-        bucket_lengths=(16, 24, 32, 48, 64), eval_examples=0,
+        dataset="parallel_text", vocab_size=8000, max_length=64, tokens_per_batch=4000,
+        bucket_lengths=(16, 24, 32, 48, 64), packing=True, eval_examples=300,
     )
-    train = TrainConfig(num_steps=6000, learning_rate_scale=1.0, warmup_steps=1000,
-                        eval_every=1000, checkpoint_every=1000, average_last=5)
+    train = TrainConfig(num_steps=2200, learning_rate_scale=1.0, warmup_steps=800,
+                        cooldown_steps=800, eval_every=550, checkpoint_every=100,
+                        average_last=5)
     return Config(name="multi30k", model=model, data=data, train=train)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import os
 import sys
 from collections.abc import Sequence
@@ -107,11 +108,12 @@ def split_lines(raw: bytes, name: str) -> list[str]:
 
 
 def read_lines(path: str) -> list[str]:
-    """The lines of a UTF-8 text file; a clear error if it is missing or not UTF-8."""
+    """The lines of a UTF-8 text file, plain or gzip'd (``.gz``); a clear error if it is
+    missing, not gzip despite its name, or not UTF-8."""
     try:
-        with open(path, "rb") as handle:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as handle:
             return split_lines(handle.read(), path)
-    except OSError as error:
+    except OSError as error:  # gzip.BadGzipFile is an OSError too
         raise InferenceError(f"cannot read {path!r}: {error.strerror or error}.") from error
 
 

@@ -236,6 +236,8 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
         state = _train_steps(run, run.strategy.put_state(state))
         if not run.stop_requested and not run.last_eval:  # resumed a finished run
             _evaluate(run, state)
+        if not run.stop_requested and config.train.average_last > 1:
+            _average_last(run)
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
@@ -243,16 +245,29 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
         run.writer.close()
     if run.stop_requested:
         print(f"stopped at step {run.step}; checkpoint saved. Run the same command to resume.")
-        run.checkpoints.close()
-        return run.last_eval
-    if config.train.average_last > 1:
-        target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
-        step = checkpoint.average_last(workdir, target, config.train.average_last,
-                                       config.train.keep_checkpoints)
-        print(f"averaged the last {config.train.average_last} checkpoints into "
-              f"{workdir}/averaged/{step}")
     run.checkpoints.close()
     return run.last_eval
+
+
+def _average_last(run: _Run) -> None:
+    """Averages the last train.average_last checkpoints, scores the average on validation
+    and saves it with that score (``restore_params("best")`` prefers it when not worse)."""
+    train = run.config.train
+    run.checkpoints.wait()
+    target = jax.device_get(training.create_train_state(run.config, jax.random.key(0)))
+    averaged, steps = checkpoint.average_params(run.workdir, target, train.average_last,
+                                                train.keep_checkpoints)
+    results = run.evaluator.evaluate(run.strategy.put_state(averaged))
+    run.writer.write(run.step, "validation_averaged", results)
+    score = results[train.best_metric]
+    checkpoint.save_averaged(run.workdir, averaged, steps, score)
+    best_step = run.checkpoints.best_step()
+    best = run.checkpoints.score(best_step) if best_step is not None else None
+    chosen = "the average" if best is None or score >= best else f"checkpoint {best_step}"
+    print(f"averaged checkpoints {steps} into {run.workdir}/averaged/{steps[-1]}: validation "
+          f"{train.best_metric} {score:.4g}, best single checkpoint "
+          f"{'n/a' if best is None else f'{best:.4g}'}; 'best' (test report, decode.py) "
+          f"is {chosen}.")
 
 
 USER_ERRORS = (TrainingError, checkpoint.CheckpointError, data.DataError, FileNotFoundError)

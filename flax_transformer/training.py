@@ -33,11 +33,20 @@ class TrainState:
 
 
 def learning_rate_schedule(train: TrainConfig, d_model: int) -> optax.Schedule:
-    """lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), step counted from 1."""
+    """lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), step counted from 1.
+
+    With ``train.cooldown_steps = C > 0`` the rate is further multiplied by
+    min(1, (num_steps - step + 1) / C): it falls linearly to 0 over the last C steps, which
+    for a run cut short of convergence beats stopping on the paper's slowly decaying tail.
+    """
     def schedule(count):
         step = jnp.asarray(count, jnp.float32) + 1.0
-        return (train.learning_rate_scale * d_model ** -0.5
+        rate = (train.learning_rate_scale * d_model ** -0.5
                 * jnp.minimum(step ** -0.5, step * train.warmup_steps ** -1.5))
+        if train.cooldown_steps:
+            remaining = train.num_steps - step + 1.0
+            rate = rate * jnp.clip(remaining / train.cooldown_steps, 0.0, 1.0)
+        return rate
     return schedule
 
 

@@ -82,6 +82,25 @@ def test_average_last_is_the_mean_of_parameters(tmp_path, host_state):
     assert what == "averaged/3"
 
 
+@pytest.mark.parametrize("averaged_score, expected", [(9.0, "averaged/3"), (4.0, "checkpoints/3")])
+def test_best_is_the_average_only_when_it_scores_at_least_as_high(
+        tmp_path, host_state, averaged_score, expected):
+    _save_steps(str(tmp_path), host_state, [1, 2, 3], scores={1: 1.0, 2: 3.0, 3: 5.0},
+                keep=3).close()
+    averaged, steps = checkpoint.average_params(str(tmp_path), host_state, count=3, keep=3)
+    assert steps == [1, 2, 3]
+    checkpoint.save_averaged(str(tmp_path), averaged, steps, score=averaged_score)
+    params, _, what = checkpoint.restore_params(str(tmp_path), host_state, "best")
+    assert what == expected
+    offset = 2 if expected.startswith("averaged") else 3  # mean of steps 1, 2, 3 — or step 3
+    want = jax.tree.map(lambda leaf: leaf + offset, host_state.params)
+    for got, ref in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
+    # Averaging again (a finished run rerun) replaces the average under the same step.
+    checkpoint.save_averaged(str(tmp_path), averaged, steps, score=0.0)
+    assert checkpoint.restore_params(str(tmp_path), host_state, "best")[2] == "checkpoints/3"
+
+
 def test_restore_params_explains_a_missing_run(tmp_path, host_state):
     with pytest.raises(checkpoint.CheckpointError, match="train first"):
         checkpoint.restore_params(str(tmp_path), host_state)

@@ -89,7 +89,8 @@ def test_configs_are_frozen():
 
 @pytest.mark.parametrize("name", ["tiny", "default", "multi30k"])
 def test_json_round_trip(name):
-    config = override(get_config(name), {"train.num_steps": "7", "model.norm": "pre_ln"})
+    config = override(get_config(name), {"train.num_steps": "7", "train.cooldown_steps": "3",
+                                          "model.norm": "pre_ln"})
     restored = config_lib.from_json(config_lib.to_json(config))
     assert restored == config
     assert isinstance(restored.data.bucket_lengths, tuple)

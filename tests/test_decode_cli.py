@@ -6,6 +6,7 @@ not translation quality.
 """
 
 import dataclasses
+import gzip
 import io
 import json
 import os
@@ -90,7 +91,10 @@ def test_input_flag_file_and_stdin_agree(run_dir, tmp_path, capsys, monkeypatch)
     output = tmp_path / "out.de"
     _, nothing, _ = _decode(capsys, *flags, "--input_file", source, "--output_file",
                             str(output))
-    assert from_one_string == from_file == from_stdin == from_flags
+    gzipped = tmp_path / "in.en.gz"
+    gzipped.write_bytes(gzip.compress(("\n".join(SENTENCES) + "\n").encode("utf-8")))
+    _, from_gzip, _ = _decode(capsys, *flags, "--input_file", str(gzipped))
+    assert from_one_string == from_file == from_stdin == from_gzip == from_flags
     assert nothing == [] and output.read_text("utf-8").split("\n")[:-1] == from_flags
 
 
@@ -232,6 +236,9 @@ def test_bad_input_files_exit_2_naming_the_problem(run_dir, tmp_path, capsys):
     assert "line 2 is not UTF-8" in err
     err = _fails(capsys, "--workdir", run_dir, "--input_file", str(tmp_path / "missing"))
     assert "cannot read" in err
+    not_gzip = _write(tmp_path / "plain.en.gz", SENTENCES)
+    err = _fails(capsys, "--workdir", run_dir, "--input_file", not_gzip)
+    assert "cannot read" in err and "plain.en.gz" in err
     err = _fails(capsys, "--workdir", run_dir, "--input", "one", "--top_p", "1.5")
     assert "decode.top_p=1.5" in err
 

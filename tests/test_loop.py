@@ -69,6 +69,30 @@ def test_interrupted_run_resumes_bitwise(corpus, tmp_path):
     assert os.listdir(os.path.join(straight, "tensorboard"))
 
 
+def test_average_last_is_scored_on_validation_and_can_become_best(corpus, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = _config(corpus, checkpoint_every=2, average_last=3, eval_every=2)
+    loop.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as handle:
+        lines = [json.loads(line) for line in handle]
+    scored = [line for line in lines if line["split"] == "validation_averaged"]
+    assert len(scored) == 1 and scored[0]["step"] == 6
+    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    averaged = checkpoint.Checkpoints(workdir, keep=1, async_save=False, subdir="averaged")
+    assert averaged.steps() == [6]
+    assert averaged.score(6) == pytest.approx(scored[0][config.train.best_metric])
+    expected, _ = checkpoint.average_params(workdir, target, 3, config.train.keep_checkpoints)
+    for got, want in zip(jax.tree.leaves(_params(workdir, config, "averaged")),
+                         jax.tree.leaves(expected.params), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # "best" is whichever of the average and the best checkpoint scored higher.
+    checkpoints = checkpoint.Checkpoints(workdir, async_save=False)
+    best_single = checkpoints.score(checkpoints.best_step())
+    what = checkpoint.restore_params(workdir, target, "best")[2]
+    assert what == ("averaged/6" if averaged.score(6) >= best_single
+                    else f"checkpoints/{checkpoints.best_step()}")
+
+
 def test_next_batch_after_resume_equals_uninterrupted(corpus, tmp_path):
     config = _config(corpus)
     splits = data.load_splits(config.data, str(tmp_path))

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from flax_transformer import training
+from flax_transformer.config import ConfigError
 from tests.helpers import micro_config, random_batch
 
 
@@ -21,6 +22,23 @@ def test_schedule_is_the_papers_formula():
         np.testing.assert_allclose(float(schedule(step - 1)), expected, rtol=1e-5)
     peak = float(schedule(3999))
     assert peak > float(schedule(3000)) and peak > float(schedule(6000))
+
+
+def test_cooldown_anneals_the_papers_schedule_linearly_to_zero():
+    config = micro_config()
+    paper = dataclasses.replace(config.train, warmup_steps=100, num_steps=1000)
+    cooled = dataclasses.replace(paper, cooldown_steps=400)
+    reference = training.learning_rate_schedule(paper, 64)
+    schedule = training.learning_rate_schedule(cooled, 64)
+    for step in (1, 100, 600):                       # before the cool-down: unchanged
+        np.testing.assert_allclose(float(schedule(step - 1)), float(reference(step - 1)))
+    for step in (601, 800, 1000):                    # (1000 - step + 1) / 400 of the paper's
+        factor = (1000 - step + 1) / 400
+        np.testing.assert_allclose(float(schedule(step - 1)),
+                                   factor * float(reference(step - 1)), rtol=1e-5)
+    assert float(schedule(1000)) == 0.0              # past the end: nothing moves
+    with pytest.raises(ConfigError, match="cooldown_steps=2000 exceeds train.num_steps=1000"):
+        dataclasses.replace(cooled, cooldown_steps=2000).validate()
 
 
 def test_optimizer_is_adam_with_the_papers_betas():
