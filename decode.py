@@ -61,12 +61,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="a sentence to translate; repeat the flag (or put newlines in "
                          "TEXT) for several. Without --input/--input_file: stdin")
     io.add_argument("--input_file", default=None, metavar="F",
-                    help="UTF-8 file, one sentence a line ('-' = stdin)")
+                    help="UTF-8 file, one sentence a line, plain or .gz ('-' = stdin)")
     io.add_argument("--output_file", default=None, metavar="F",
                     help="write translations here instead of stdout")
     io.add_argument("--reference_file", default=None, metavar="R",
-                    help="references, one per input line: print sacreBLEU (cased, "
-                         "signature shown), chrF and exact match to stderr")
+                    help="references (plain or .gz), one per input line: print sacreBLEU "
+                         "(cased, signature shown), chrF and exact match to stderr")
     io.add_argument("--attention_plot", default=None, metavar="OUT.png",
                     help="draw the cross-attention of every layer and head for the first "
                          "(non-empty) input as heatmaps, source pieces on x, output on y")
