@@ -271,7 +271,7 @@ def restore_params(workdir: str, target: Any, which: str = "best",
         raise CheckpointError(
             f"no {subdir}/ in {workdir!r}: train first (python train.py --workdir "
             f"{workdir}){' with --config.train.average_last=5' if subdir == 'averaged' else ''}.")
-    if which == "best" and _averaged_is_better(workdir):
+    if which == "best" and averaged_is_best(workdir):
         subdir = "averaged"
     checkpoints = Checkpoints(workdir, async_save=False, subdir=subdir)
     step = None
@@ -287,7 +287,7 @@ def restore_params(workdir: str, target: Any, which: str = "best",
     return params, step, f"{subdir}/{step}{' (EMA)' if use_ema else ''}"
 
 
-def _averaged_is_better(workdir: str) -> bool:
+def averaged_is_best(workdir: str) -> bool:
     """Whether WORKDIR/averaged holds an average scored at least as high as the best step."""
     if not os.path.isdir(os.path.join(workdir, "averaged")):
         return False

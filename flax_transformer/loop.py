@@ -263,7 +263,8 @@ def _average_last(run: _Run) -> None:
     checkpoint.save_averaged(run.workdir, averaged, steps, score)
     best_step = run.checkpoints.best_step()
     best = run.checkpoints.score(best_step) if best_step is not None else None
-    chosen = "the average" if best is None or score >= best else f"checkpoint {best_step}"
+    chosen = ("the average" if checkpoint.averaged_is_best(run.workdir)
+              else f"checkpoint {best_step}")
     print(f"averaged checkpoints {steps} into {run.workdir}/averaged/{steps[-1]}: validation "
           f"{train.best_metric} {score:.4g}, best single checkpoint "
           f"{'n/a' if best is None else f'{best:.4g}'}; 'best' (test report, decode.py) "
@@ -293,7 +294,7 @@ def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool =
     for line in evaluation.score_lines(hypotheses, references):
         print(f"  {line}")
     for index in range(min(examples, len(hypotheses))):
-        hypothesis, reference = hypotheses[index], evaluator.references[index]
+        hypothesis, reference = hypotheses[index], references[index]
         verdict = "" if hypothesis == reference else f"  (reference: {reference!r})"
         print(f"  {splits['test'][index]['source']!r} -> {hypothesis!r}{verdict}")
     return results
