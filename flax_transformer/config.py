@@ -134,8 +134,8 @@ class TrainConfig:
         _positive(self, "num_steps", "warmup_steps", "log_every", "eval_every")
         _positive(self, "checkpoint_every", "keep_checkpoints", "gradient_accumulation")
         _positive(self, "learning_rate_scale", "adam_epsilon")
-        _non_negative(self, "weight_decay", "gradient_clip_norm", "average_last")
-        _non_negative(self, "cooldown_steps")
+        _non_negative(self, "weight_decay", "gradient_clip_norm", "average_last",
+                      "cooldown_steps")
         if self.cooldown_steps > self.num_steps:
             raise ConfigError(
                 f"train.cooldown_steps={self.cooldown_steps} exceeds train.num_steps="
