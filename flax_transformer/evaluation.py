@@ -12,6 +12,7 @@ import sacrebleu
 
 from flax_transformer import data, decoding, training
 from flax_transformer.config import Config
+from flax_transformer.data import number_words
 from flax_transformer.model import Transformer
 
 
@@ -49,6 +50,53 @@ def score_lines(hypotheses: list[str], references: list[str]) -> list[str]:
         lines.append("note: every reference has fewer than 4 words, so 4-gram BLEU is near 0 "
                      "by construction (e.g. German number compounds); read chrF and exact "
                      "match instead.")
+    return lines
+
+
+def _number_of(source: str, reference: str) -> int:
+    """The number a number_words pair writes, read from its English side."""
+    try:
+        return number_words.parse_english(source)
+    except data.DataError:
+        return number_words.parse_english(reference)
+
+
+def digit_classes(sources: list[str], hypotheses: list[str], references: list[str],
+                  train_sources: set[str]) -> list[dict]:
+    """Exact match of number_words outputs per digit count 1 … 6 and over all of 0 … 999.
+
+    Args:
+      sources, hypotheses, references: one entry per example, in either direction.
+      train_sources: the source lines of the training split (to say what was seen).
+
+    Returns:
+      rows {"name", "key", "examples", "exact_match", "seen"}: the digit counts that have
+      examples, then "all of 0–999" (key "below_1000"); "seen" counts the examples whose
+      source is in train_sources.
+    """
+    numbers = np.asarray([_number_of(s, r) for s, r in zip(sources, references, strict=True)])
+    correct = np.asarray([h.strip() == r.strip() for h, r in zip(hypotheses, references,
+                                                                   strict=True)])
+    seen = np.asarray([source in train_sources for source in sources])
+    digits = np.asarray([len(str(number)) for number in numbers])
+    groups = [(str(count), f"digits_{count}", digits == count)
+              for count in number_words.DIGIT_CLASSES]
+    groups.append(("all of 0–999", "below_1000", numbers < 1000))
+    return [{"name": name, "key": key, "examples": int(chosen.sum()),
+             "exact_match": float(correct[chosen].mean()), "seen": int(seen[chosen].sum())}
+            for name, key, chosen in groups if chosen.any()]
+
+
+def digit_class_lines(rows: list[dict]) -> list[str]:
+    """digit_classes as a small printable table."""
+    def seen(row):
+        if row["seen"] == row["examples"]:
+            return "yes"
+        return "no (held out)" if not row["seen"] else f"{row['seen']} of {row['examples']}"
+    lines = ["digits       | examples | exact match | seen in training?",
+             "-------------|----------|-------------|------------------"]
+    lines += [f"{row['name']:<12} | {row['examples']:>8,} | {100 * row['exact_match']:>9.1f} %"
+              f" | {seen(row)}" for row in rows]
     return lines
 
 

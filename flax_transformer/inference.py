@@ -236,18 +236,15 @@ def write_attention_plots(restored: Restored, source_ids: Sequence[int],
     weights = decoding.attention_weights(
         restored.model, restored.params, np.asarray([source_ids], np.int32),
         np.asarray([output_ids], np.int32), bos_id=tokenizer.bos_id)
-    pieces = {"source": tokenizer.id_to_piece(source_ids),
-              "output": tokenizer.id_to_piece(output_ids)}
-    axes = {"cross": ("source", "output"), "encoder_self": ("source", "source"),
-            "decoder_self": ("output", "output")}
+    pieces = (tokenizer.id_to_piece(source_ids), tokenizer.id_to_piece(output_ids),
+              tokenizer.id_to_piece([tokenizer.bos_id])[0])
     written = {}
     for kind, png in attention_paths(path, self_attention).items():
         stacked = np.stack([np.asarray(layer[0]) for layer in weights[kind]])  # [L, H, Q, K]
-        x_axis, y_axis = axes[kind]
+        x_labels, y_labels, axes_text = plots.attention_labels(kind, *pieces)
         matrices = plots.save_attention_grid(
-            png, stacked, x_labels=pieces[x_axis], y_labels=pieces[y_axis],
-            title=f"{kind.replace('_', '-')} attention ({restored.description}), "
-                  f"{y_axis} pieces attending to {x_axis} pieces")
+            png, stacked, x_labels=x_labels, y_labels=y_labels,
+            title=f"{kind.replace('_', '-')} attention ({restored.description}); {axes_text}")
         written[kind] = (png, matrices)
     return written
 

@@ -46,6 +46,7 @@ class _Run:
     step: int = 0
     stop_requested: bool = False
     last_batch_shape: tuple[int, int, int] = (1, 1, 1)   # global (B, S, T)
+    interval_flops: float = 0.0   # model FLOPs of the steps since the last train log
     last_eval: dict = dataclasses.field(default_factory=dict)
 
 
@@ -165,18 +166,22 @@ def _log_train(run: _Run, metrics: Any, seconds: float, tokens: int, bar: tqdm) 
     schedule = training.learning_rate_schedule(run.config.train, run.config.model.d_model)
     summary["learning_rate"] = float(schedule(run.step - 1))
     summary["tokens_per_second"] = tokens / max(seconds, 1e-9)
-    summary.update(_mfu(run, summary["tokens_per_second"]))
+    summary.update(_mfu(run, run.interval_flops, seconds))
+    run.interval_flops = 0.0
     run.writer.write(run.step, "train", summary)
     bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{summary['learning_rate']:.2e}",
                     tok_s=f"{summary['tokens_per_second']:.0f}", refresh=False)
 
 
-def _mfu(run: _Run, tokens_per_second: float) -> dict[str, float]:
-    """Model FLOP/s (and utilisation when the peak is configured) of the last interval."""
-    shape = run.last_batch_shape
-    flops = training.train_flops_per_step(run.config.model, *shape)
-    tokens_per_step = shape[0] * (shape[1] + shape[2])
-    model_flops = flops * tokens_per_second / max(tokens_per_step, 1)
+def _mfu(run: _Run, flops: float, seconds: float) -> dict[str, float]:
+    """Model FLOP/s (and utilisation when the peak is configured) of the last interval.
+
+    Args:
+      flops: train_flops_per_step summed over the interval's steps, each at the padded
+        global shape it ran with (what the hardware computed, padding included).
+      seconds: wall time of those steps.
+    """
+    model_flops = flops / max(seconds, 1e-9)
     result = {"model_tflops_per_second": model_flops / 1e12}
     if run.config.train.peak_flops > 0:
         result["mfu"] = model_flops / run.config.train.peak_flops
@@ -210,7 +215,10 @@ def _train_steps(run: _Run, state: Any) -> Any:
             interval_tokens += int(np.count_nonzero(batch["target_output"])) * jax.process_count()
             run.last_batch_shape = (batch["source"].shape[0] * jax.process_count(),
                                     batch["source"].shape[1], batch["target_output"].shape[1])
+            run.interval_flops += training.train_flops_per_step(run.config.model,
+                                                                *run.last_batch_shape)
             if run.step % train.log_every == 0 or run.step == train.num_steps:
+                jax.block_until_ready(interval_metrics)   # time the steps, not their dispatch
                 _log_train(run, interval_metrics, time.perf_counter() - interval_start,
                            interval_tokens, bar)
                 interval_metrics, interval_tokens = None, 0
@@ -275,7 +283,11 @@ USER_ERRORS = (TrainingError, checkpoint.CheckpointError, data.DataError, FileNo
 
 
 def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool = True) -> dict:
-    """Decodes the whole test split with the best checkpoint; prints scores and examples."""
+    """Decodes the whole test split with the best checkpoint; prints scores and examples.
+
+    For number_words it also prints (and returns) exact match per digit count 1 … 6 and
+    over all of 0 … 999, saying which of those numbers training saw.
+    """
     splits, tokenizer = load_data(config, workdir)
     target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
     params, _, what = checkpoint.restore_params(workdir, target, "best")
@@ -285,19 +297,40 @@ def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool =
                                      max_examples=0)
     hypotheses = evaluator.translations(params)
     references = evaluator.references
+    sources = [splits["test"][index]["source"] for index in range(len(hypotheses))]
     results = {"test_bleu": evaluation.bleu(hypotheses, references)[0],
                "test_chrf": evaluation.chrf(hypotheses, references)[0],
                "test_exact_match": evaluation.exact_match(hypotheses, references)}
-    if not verbose:
-        return results
+    rows = []
+    if config.data.dataset == "number_words":
+        rows = evaluation.digit_classes(sources, hypotheses, references,
+                                        {pair["source"] for pair in splits["train"]})
+        results.update({f"test_exact_match_{row['key']}": row["exact_match"]
+                        for row in rows})
+    if verbose:
+        _print_test_report(sources, hypotheses, references, what, rows, examples)
+    return results
+
+
+def _print_test_report(sources: list[str], hypotheses: list[str], references: list[str],
+                       what: str, rows: list[dict], examples: int) -> None:
     print(f"\ntest split ({len(hypotheses)} sentences, greedy, {what}):")
     for line in evaluation.score_lines(hypotheses, references):
         print(f"  {line}")
-    for index in range(min(examples, len(hypotheses))):
-        hypothesis, reference = hypotheses[index], references[index]
-        verdict = "" if hypothesis == reference else f"  (reference: {reference!r})"
-        print(f"  {splits['test'][index]['source']!r} -> {hypothesis!r}{verdict}")
-    return results
+    if rows:
+        print("  exact match by digit count (held out = never in the training split):")
+        for line in evaluation.digit_class_lines(rows):
+            print(f"    {line}")
+    wrong = [index for index, (hypothesis, reference) in enumerate(
+        zip(hypotheses, references, strict=True)) if hypothesis.strip() != reference.strip()]
+    spread = np.linspace(0, len(hypotheses) - 1, min(examples, len(hypotheses))).astype(int)
+    for title, indices in (("examples", spread.tolist()), ("wrong", wrong[:examples])):
+        if indices:
+            print(f"  {title}{f' ({len(wrong)} in all)' if title == 'wrong' else ''}:")
+        for index in indices:
+            verdict = ("" if hypotheses[index] == references[index]
+                       else f"  (reference: {references[index]!r})")
+            print(f"    {sources[index]!r} -> {hypotheses[index]!r}{verdict}")
 
 
 def main(config: Config, workdir: str, fresh: bool = False) -> dict:

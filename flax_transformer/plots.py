@@ -1,8 +1,10 @@
 """Attention heatmaps with matplotlib: one panel per layer and head, tokens as tick labels.
 
+    x_labels, y_labels, axes_text = plots.attention_labels("cross", source_pieces,
+                                                           output_pieces, "<s>")
     matrices = plots.save_attention_grid("attention.png", cross,      # [L, H, T, S]
-                                         x_labels=source_pieces, y_labels=output_pieces,
-                                         title="cross-attention")
+                                         x_labels=x_labels, y_labels=y_labels,
+                                         title=f"cross-attention, {axes_text}")
 
 Drawn with the Agg backend, so no display is needed.
 """
@@ -19,6 +21,39 @@ import numpy as np
 
 PANEL_INCHES = 0.22   # per token along each axis
 MIN_PANEL_INCHES = 2.0
+
+
+def attention_labels(kind: str, source_pieces: Sequence[str], output_pieces: Sequence[str],
+                     bos_piece: str) -> tuple[list[str], list[str], str]:
+    """Tick labels for one kind of attention of a decoder teacher-forced on its output.
+
+    The decoder reads [BOS, y0, …, y(T-2)] and row t is the position that outputs y(t), so
+    rows are labelled by the outputs y0 … y(T-1), and the keys of decoder self-attention
+    by what the decoder read there: BOS, then the outputs one step behind.
+
+    Args:
+      kind: "cross", "encoder_self" or "decoder_self".
+      source_pieces: the S source pieces, EOS included.
+      output_pieces: the T output pieces y0 … y(T-1), EOS included.
+      bos_piece: the piece of the BOS token.
+
+    Returns:
+      (x labels: K keys, y labels: Q queries, a phrase saying what the axes show).
+    """
+    decoder_inputs = [bos_piece, *output_pieces[:-1]]
+    choices = {
+        "cross": (source_pieces, output_pieces,
+                  "rows: the position that outputs each piece; columns: source pieces"),
+        "encoder_self": (source_pieces, source_pieces, "source pieces attending to source "
+                                                       "pieces"),
+        "decoder_self": (decoder_inputs, output_pieces,
+                         "rows: the position that outputs each piece; columns: what the "
+                         "decoder read (BOS, then the outputs so far)"),
+    }
+    if kind not in choices:
+        raise ValueError(f"attention kind {kind!r} is not one of {sorted(choices)}.")
+    x_labels, y_labels, text = choices[kind]
+    return list(x_labels), list(y_labels), text
 
 
 def _panel_size(x_count: int, y_count: int) -> tuple[float, float]:
@@ -68,6 +103,14 @@ def attention_grid(weights: np.ndarray, x_labels: Sequence[str], y_labels: Seque
     figure.suptitle(title)
     figure.colorbar(image, ax=grid, shrink=0.6, label="attention weight")
     return figure
+
+
+def tick_labels(figure) -> tuple[list[str], list[str]]:
+    """The labels drawn along x (bottom-left panel) and y (top-left panel) of a figure."""
+    panels = [axes for axes in figure.axes if axes.images]
+    columns = len({axes.get_subplotspec().colspan.start for axes in panels})
+    return ([label.get_text() for label in panels[-columns].get_xticklabels()],
+            [label.get_text() for label in panels[0].get_yticklabels()])
 
 
 def plotted_matrices(figure) -> np.ndarray:

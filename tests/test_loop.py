@@ -1,6 +1,7 @@
 """loop.py end to end on a small local corpus: training, exact resume, refusals, signals."""
 
 import dataclasses
+import itertools
 import json
 import os
 
@@ -131,3 +132,25 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(corpus, tmp_
     with pytest.raises(loop.TrainingError, match=r"not finite"):
         loop.train_and_evaluate(exploding, workdir)
     assert checkpoint.Checkpoints(workdir).latest_step() == 2
+
+
+def test_logged_model_flops_are_flops_per_step_times_steps_per_second(corpus, tmp_path):
+    """The logged FLOP rate is train_flops_per_step of the step's global shape × steps/s,
+    with steps/s read independently from the times the log records were written."""
+    workdir = str(tmp_path / "flops")
+    config = _config(corpus, num_steps=30, log_every=10, eval_every=1000,
+                     checkpoint_every=1000, peak_flops=1e12)
+    model = dataclasses.replace(config.model, d_model=64, d_ff=256)
+    config = dataclasses.replace(config, model=model,
+                                 data=dataclasses.replace(config.data, tokens_per_batch=2048))
+    loop.train_and_evaluate(config.validate(), workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as handle:
+        train = [line for line in map(json.loads, handle) if line["split"] == "train"]
+    assert [line["step"] for line in train] == [10, 20, 30]
+    rows = config.data.tokens_per_batch // (2 * 16)   # one bucket (16): every batch [B, 16]
+    per_step = training.train_flops_per_step(config.model, rows, 16, 16)
+    for previous, line in itertools.pairwise(train):   # the first interval also compiles
+        steps_per_second = (line["step"] - previous["step"]) / (line["time"] - previous["time"])
+        expected = per_step * steps_per_second
+        assert line["model_tflops_per_second"] * 1e12 == pytest.approx(expected, rel=0.05)
+        assert line["mfu"] == pytest.approx(line["model_tflops_per_second"] * 1e12 / 1e12)

@@ -96,61 +96,117 @@ def german(number: int) -> str:
     return word + (_german_below_1000(rest, final=True) if rest else "")
 
 
-def _digit_class_sizes(total: int) -> list[int]:
-    """How many numbers of each digit count 1 … 6: equal shares, capped by how many exist."""
-    available = [10, 90, 900, 9_000, 90_000, 900_000]
-    if total > sum(available):
-        raise DataError(f"number_words has only {sum(available):,} numbers, not {total:,}.")
-    sizes = [0] * 6
-    open_classes = list(range(6))
-    while total > sum(sizes):
-        share = max(1, (total - sum(sizes)) // len(open_classes))
-        for digits in list(open_classes):
-            sizes[digits] += min(share, available[digits] - sizes[digits], total - sum(sizes))
-            if sizes[digits] == available[digits]:
-                open_classes.remove(digits)
-    return sizes
+DIGIT_CLASSES = (1, 2, 3, 4, 5, 6)
+HELD_OUT_CLASSES = (4, 5, 6)   # below 1000 every number is a building block and is trained on
 
 
-def split_numbers(train_size: int, eval_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Disjoint, seeded sets of numbers for "train", "validation" and "test".
+def digit_range(digits: int) -> range:
+    """The numbers written with ``digits`` digits: 1 → 0 … 9, 2 → 10 … 99, …"""
+    return range(0 if digits == 1 else 10 ** (digits - 1), 10**digits)
 
-    Every digit count (1 … 6) gets an equal share where it has enough numbers, so all
-    magnitudes are well represented; all of 0 … 999 are drawn when the size allows. The
-    numbers below 1000 go to train (they are the building blocks of every larger
-    number); validation and test (``eval_size`` each) are drawn from the rest.
+
+def parse_english(text: str) -> int:
+    """The number that ``english`` writes as ``text``; a DataError for anything else."""
+    values = {word: value for value, word in enumerate(_ENGLISH_SMALL)} | {
+        word: 10 * value for value, word in enumerate(_ENGLISH_TENS) if value >= 2}
+    total, group = 0, 0
+    try:
+        for word in text.split():
+            if word == "thousand":
+                total, group = total + 1000 * group, 0
+            elif word == "hundred":
+                group *= 100
+            else:
+                group += sum(values[part] for part in word.split("-"))
+    except KeyError:
+        total = -1
+    number = total + group
+    if not 0 <= number <= LARGEST or english(number) != text:
+        raise DataError(f"{text!r} is not an English number word of number_words "
+                        f"(e.g. 'three hundred forty-two').")
+    return number
+
+
+def _equal_shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` as evenly as whole numbers allow."""
+    share, extra = divmod(total, parts)
+    return [share + (index < extra) for index in range(parts)]
+
+
+def _held_out(eval_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``eval_size`` numbers of 4 … 6 digits (equal shares) each for validation and test."""
+    held_out = {"validation": [], "test": []}
+    sizes = _equal_shares(eval_size, len(HELD_OUT_CLASSES))
+    for digits, size in zip(HELD_OUT_CLASSES, sizes, strict=True):
+        numbers = digit_range(digits)
+        if 2 * size > len(numbers) // 2:
+            raise DataError(f"eval_size={eval_size} would hold out over half of the "
+                            f"{digits}-digit numbers; choose a smaller eval_size.")
+        drawn = numbers.start + rng.choice(len(numbers), 2 * size, replace=False)
+        held_out["validation"].append(drawn[:size])
+        held_out["test"].append(drawn[size:])
+    return {name: np.concatenate(parts) for name, parts in held_out.items()}
+
+
+def _train(train_size: int, excluded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An equal share of ``train_size`` per digit class; a short class repeats itself."""
+    shares = _equal_shares(train_size, len(DIGIT_CLASSES))
+    train = []
+    for digits, share in zip(DIGIT_CLASSES, shares, strict=True):
+        numbers = digit_range(digits)
+        pool = np.setdiff1d(np.arange(numbers.start, numbers.stop), excluded, assume_unique=True)
+        train.append(np.resize(rng.permutation(pool)[:share], share))
+    return rng.permutation(np.concatenate(train))
+
+
+def split_numbers(train_size: int, eval_size: int, seed: int = 0,
+                  below_1000_in_eval: bool = False) -> dict[str, np.ndarray]:
+    """Seeded numbers for "train", "validation" and "test".
+
+    Train has ``train_size`` examples, an equal share for each digit count 1 … 6; a class
+    with fewer numbers than its share repeats them (each of 0 … 9 about train_size / 60
+    times), so that every magnitude is learned. Validation and test each hold out
+    ``eval_size`` numbers of 4 … 6 digits (equal shares), never seen in training; numbers
+    below 1000 are all trained on (they are the building blocks of every larger number).
+    With ``below_1000_in_eval`` both evaluation splits also hold all of 0 … 999 (seen in
+    training), so that they measure what a user types first.
 
     Returns:
-      split name → int64 [N] numbers in a shuffled order.
+      split name → int64 [N] numbers: train and validation shuffled, test in order.
     """
     rng = np.random.default_rng(seed)
-    chosen = []
-    for digits, size in enumerate(_digit_class_sizes(train_size + 2 * eval_size)):
-        low = 0 if digits == 0 else 10**digits
-        chosen.append(low + rng.choice(10 ** (digits + 1) - low, size, replace=False))
-    numbers = np.concatenate(chosen)
-    small, large = numbers[numbers < 1000], rng.permutation(numbers[numbers >= 1000])
-    if len(large) < 2 * eval_size:
-        raise DataError(f"eval_size={eval_size} is too large for train_size={train_size}.")
-    train = rng.permutation(np.concatenate([small, large[2 * eval_size:]]))
-    return {"train": train, "validation": large[:eval_size],
-            "test": large[eval_size:2 * eval_size]}
+    held_out = _held_out(eval_size, rng)
+    train = _train(train_size, np.concatenate(list(held_out.values())), rng)
+    small = np.arange(1000) if below_1000_in_eval else np.zeros(0, np.int64)
+    return {"train": train,
+            "validation": rng.permutation(np.concatenate([held_out["validation"], small])),
+            "test": np.sort(np.concatenate([held_out["test"], small]))}
 
 
 class NumberWordsConfig(tfds.core.BuilderConfig):
-    """Sizes of the generated splits (validation and test have ``eval_size`` each)."""
+    """Sizes of the generated splits (see ``split_numbers``)."""
 
-    def __init__(self, *, train_size: int, eval_size: int, seed: int = 0, **kwargs):
+    def __init__(self, *, train_size: int, eval_size: int, seed: int = 0,
+                 below_1000_in_eval: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.train_size, self.eval_size, self.seed = train_size, eval_size, seed
+        self.below_1000_in_eval = below_1000_in_eval
 
 
 class NumberWords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """English → German number words, generated by our own code (no download)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES: ClassVar = {
+        "1.0.0": "Train held all of 0 … 999 once among 50,000 numbers; evaluation only "
+                 "numbers of 4 … 6 digits.",
+        "2.0.0": "Each digit count 1 … 6 has a sixth of train (small numbers repeated); "
+                 "validation and test hold out 1,000 numbers of 4 … 6 digits each and "
+                 "also contain all of 0 … 999.",
+    }
     BUILDER_CONFIGS: ClassVar = [
-        NumberWordsConfig(name="default", train_size=50_000, eval_size=1_000)]
+        NumberWordsConfig(name="default", train_size=50_000, eval_size=1_000,
+                          below_1000_in_eval=True)]
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
@@ -163,7 +219,8 @@ class NumberWords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager  # everything is generated
         config = self.builder_config
-        splits = split_numbers(config.train_size, config.eval_size, config.seed)
+        splits = split_numbers(config.train_size, config.eval_size, config.seed,
+                               config.below_1000_in_eval)
         return {name: self._generate_examples(numbers) for name, numbers in splits.items()}
 
     def _generate_examples(self, numbers):

@@ -1,5 +1,7 @@
 """number_words: known translations, an independent German reader, splits, the TFDS build."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -103,21 +105,63 @@ def test_out_of_range_is_refused():
         number_words.german(1_000_000)
 
 
-def test_default_splits_are_disjoint_deterministic_and_cover_all_magnitudes():
-    splits = number_words.split_numbers(50_000, 1_000)
-    again = number_words.split_numbers(50_000, 1_000)
-    assert {name: len(numbers) for name, numbers in splits.items()} == {
-        "train": 50_000, "validation": 1_000, "test": 1_000}
+def _digits(numbers) -> np.ndarray:
+    """Count of numbers per digit count 1 … 6 (index 0 … 5)."""
+    return np.bincount([len(str(n)) for n in np.asarray(numbers).tolist()], minlength=7)[1:]
+
+
+def test_train_gives_every_digit_count_an_equal_share():
+    splits = number_words.split_numbers(50_000, 1_000, below_1000_in_eval=True)
+    train = splits["train"]
+    assert len(train) == 50_000
+    assert _digits(train).tolist() == [8_334, 8_334, 8_333, 8_333, 8_333, 8_333]
+    # Small classes repeat every number about equally often; large ones never repeat.
+    counts = np.bincount(train, minlength=10**6)
+    assert set(counts[:10].tolist()) <= {833, 834}
+    assert set(counts[10:100].tolist()) <= {92, 93}
+    assert set(counts[100:1000].tolist()) <= {9, 10}
+    assert counts[10_000:].max() == 1
+    assert 0 < counts[1000:10_000].max() <= 2   # 9,000 four-digit numbers less 668 held out
+
+
+def test_evaluation_splits_hold_out_large_numbers_and_contain_all_below_1000():
+    splits = number_words.split_numbers(50_000, 1_000, below_1000_in_eval=True)
+    again = number_words.split_numbers(50_000, 1_000, below_1000_in_eval=True)
     for name in splits:
         np.testing.assert_array_equal(splits[name], again[name])
-    sets = {name: set(numbers.tolist()) for name, numbers in splits.items()}
-    assert sum(len(s) for s in sets.values()) == len(set.union(*sets.values())) == 52_000
-    assert set(range(1000)) <= sets["train"]
-    for name in ("train", "validation", "test"):
-        digits = np.bincount([len(str(n)) for n in sets[name]], minlength=7)
-        assert (digits[4:] >= 0.15 * len(sets[name])).all(), (name, digits)
-    assert not np.array_equal(number_words.split_numbers(50_000, 1_000, seed=1)["test"],
-                              splits["test"])
+    train = set(splits["train"].tolist())
+    held_out = {}
+    for name in ("validation", "test"):
+        numbers = splits[name]
+        assert len(numbers) == len(set(numbers.tolist())) == 2_000
+        assert _digits(numbers).tolist() == [10, 90, 900, 334, 333, 333]
+        assert set(range(1000)) <= set(numbers.tolist()) and set(range(1000)) <= train
+        held_out[name] = set(numbers[numbers >= 1000].tolist())
+        assert not held_out[name] & train
+    assert not held_out["validation"] & held_out["test"]
+    np.testing.assert_array_equal(splits["test"], np.sort(splits["test"]))
+    other_seed = number_words.split_numbers(50_000, 1_000, seed=1, below_1000_in_eval=True)
+    assert not np.array_equal(other_seed["test"], splits["test"])
+
+
+def test_small_splits_without_numbers_below_1000_in_evaluation():
+    splits = number_words.split_numbers(150, 10)
+    assert {name: len(numbers) for name, numbers in splits.items()} == {
+        "train": 150, "validation": 10, "test": 10}
+    assert _digits(splits["test"]).tolist() == [0, 0, 0, 4, 3, 3]
+    assert _digits(splits["train"]).tolist() == [25] * 6
+    with pytest.raises(ValueError, match="smaller eval_size"):
+        number_words.split_numbers(100, 15_000)
+
+
+def test_parse_english_reads_back_every_sampled_number_and_refuses_other_text():
+    rng = np.random.default_rng(1)
+    for number in [*range(1100), *rng.integers(0, 1_000_000, 2000).tolist()]:
+        assert number_words.parse_english(number_words.english(number)) == number
+    for text in ("forty two", "one hundred and one", "zwei", "", "twelve hundred",
+                 "one thousand thousand", "Seven"):
+        with pytest.raises(ValueError, match="not an English number word"):
+            number_words.parse_english(text)
 
 
 def test_builder_writes_array_record_and_is_reused(tmp_path):
@@ -126,6 +170,7 @@ def test_builder_writes_array_record_and_is_reused(tmp_path):
     builder.download_and_prepare()
     files = sorted(tmp_path.rglob("*.array_record*"))
     assert len(files) == 3
+    assert all(f"{os.sep}2.0.0{os.sep}" in str(path) for path in files)
     stamps = [path.stat().st_mtime_ns for path in files]
     expected = number_words.split_numbers(200, 10)
     for split, numbers in expected.items():
