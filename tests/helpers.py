@@ -14,7 +14,7 @@ def micro_config(**train_overrides) -> config_lib.Config:
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0,
                                 max_length=32)
     data = dataclasses.replace(base.data, vocab_size=64, max_length=16, tokens_per_batch=512,
-                               bucket_lengths=(16,), eval_examples=8)
+                               bucket_lengths=(16,), packing=False, eval_examples=8)
     train = dataclasses.replace(base.train, warmup_steps=10, **train_overrides)
     return dataclasses.replace(base, model=model, data=data, train=train).validate()
 
