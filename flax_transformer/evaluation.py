@@ -71,7 +71,7 @@ class Evaluator:
             tokenizer, [pair["source"] for pair in pairs], config.data.max_length)
         greedy = dataclasses.replace(config.decode, method="greedy",
                                      max_extra_length=config.train.max_eval_length_extra)
-        self.translate = translate.make_translate_fn(
+        self.translate_fn = translate.make_translate_fn(
             Transformer(config.model), greedy, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id)
         self.signature_printed = False
@@ -88,7 +88,7 @@ class Evaluator:
         by decode.py's function (decode.tokens_per_batch source tokens, data's buckets)."""
         data_config = self.config.data
         rows = translate.translate_all(
-            self.translate, params, self.sources,
+            self.translate_fn, params, self.sources,
             buckets=batching.bucket_lengths(data_config.bucket_lengths, data_config.max_length),
             tokens_per_batch=self.config.decode.tokens_per_batch, pad_id=self.tokenizer.pad_id)
         return [self.tokenizer.decode(row) for row in rows]

@@ -80,14 +80,15 @@ class MultiHeadAttention(nn.Module):
         """
         query = attention.split_heads(self.query(inputs_q), self.config.num_heads)
         if inputs_kv is None:
-            keys = cache
+            key_value = cache
         else:
-            keys = self.key_value_cache(inputs_kv)                         # [B, S, H, K] each
+            key_value = self.key_value_cache(inputs_kv)                    # [B, S, H, K] each
             if cache is not None:
-                keys = {name: _write(cache[name], keys[name], cache_index) for name in keys}
-                cache = keys
-        context, weights = attention.multi_head_attention(query, keys["key"], keys["value"],
-                                                          mask)
+                key_value = {name: _write(cache[name], block, cache_index)
+                             for name, block in key_value.items()}
+                cache = key_value
+        context, weights = attention.multi_head_attention(
+            query, key_value["key"], key_value["value"], mask)
         self.sow("intermediates", "attention_weights", weights)             # [B, H, T, S]
         return self.output(attention.merge_heads(context)), cache
 
