@@ -23,17 +23,7 @@ import sys
 
 from flax_transformer import cli
 
-SEARCH_FLAGS = {  # flag -> (type, help); each overrides config.decode.<flag>
-    "method": (str, "search: 'greedy', 'beam' or 'sample'"),
-    "beam_size": (int, "hypotheses kept per sentence by beam search"),
-    "length_penalty": (float, "beam search: GNMT length penalty alpha, ((5+|Y|)/6)^alpha"),
-    "max_extra_length": (int, "outputs stop at source length + this many tokens"),
-    "temperature": (float, "sampling: divide the logits by this"),
-    "top_k": (int, "sampling: keep the k likeliest tokens; 0 = all"),
-    "top_p": (float, "sampling: keep the smallest set of tokens with this probability mass"),
-    "seed": (int, "sampling: random seed (same seed, same samples)"),
-    "tokens_per_batch": (int, "source tokens per decoding batch (padding included)"),
-}
+SEARCH_FLAGS = cli.section_fields("decode")  # --FIELD overrides config.decode.FIELD
 
 
 def _checkpoint_name(text: str) -> str:
@@ -77,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "search", "defaults: the run's config.json (section 'decode')")
     for flag, (kind, doc) in SEARCH_FLAGS.items():
         search.add_argument(f"--{flag}", type=kind, default=None, help=doc,
-                            choices=("greedy", "beam", "sample") if flag == "method" else None)
+                            metavar=kind.__name__.upper())
     return parser.parse_args(argv)
 
 
@@ -98,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_overrides={flag: getattr(args, flag) for flag in SEARCH_FLAGS})
     try:
         inference.run(request)
-    except inference.USER_ERRORS as error:
+    except inference.DECODE_USER_ERRORS as error:
         cli.fail(str(error))
     return 0
 

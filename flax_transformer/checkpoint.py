@@ -245,17 +245,6 @@ def save_averaged(workdir: str, state: Any, steps: list[int],
     out.close()
 
 
-def average_last(workdir: str, target: Any, count: int, keep: int = 5) -> int:
-    """Averages the parameters of the last ``count`` checkpoints into WORKDIR/averaged.
-
-    Returns:
-      the step under which the average is saved (the newest step averaged).
-    """
-    state, steps = average_params(workdir, target, count, keep)
-    save_averaged(workdir, state, steps)
-    return steps[-1]
-
-
 def restore_params(workdir: str, target: Any, which: str = "best",
                    use_ema: bool = False) -> tuple[Any, int, str]:
     """Parameters for inference: which = 'best', 'latest', 'averaged' or a step number.

@@ -26,6 +26,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str) -
                            metavar=type_name.upper(), help=f"{doc} (default: {default!r})")
 
 
+def section_fields(section: str) -> dict[str, tuple[type, str]]:
+    """{field: (type, help)} of one config section ("decode"), from its field docs."""
+    return {dotted.split(".", 1)[1]: (kind, doc)
+            for dotted, kind, _, doc in config_lib.iter_fields(config_lib.Config())
+            if dotted.split(".", 1)[0] == section}
+
+
 def config_from_args(args: argparse.Namespace) -> config_lib.Config:
     """The preset named by --config with every --config.X.Y override applied."""
     overrides = {key.split(":", 1)[1]: value for key, value in vars(args).items()

@@ -151,15 +151,18 @@ class TrainConfig:
 class DecodeConfig:
     """How decode.py and the evaluation search for outputs."""
 
-    method: str = _field("beam", "'greedy', 'beam' or 'sample'")
+    method: str = _field("beam", "search: 'greedy', 'beam' or 'sample'")
     beam_size: int = _field(4, "hypotheses kept per sentence by beam search")
-    length_penalty: float = _field(0.6, "GNMT length penalty alpha ((5+len)/6)^alpha")
-    max_extra_length: int = _field(50, "outputs stop at source length + this")
-    temperature: float = _field(1.0, "sampling temperature")
-    top_k: int = _field(0, "sample among the k likeliest tokens; 0 = all")
-    top_p: float = _field(1.0, "sample from the smallest set with this probability mass")
-    seed: int = _field(0, "sampling seed")
-    tokens_per_batch: int = _field(4096, "source tokens per decoding batch")
+    length_penalty: float = _field(0.6, "beam search: GNMT length penalty alpha, "
+                                        "((5+|Y|)/6)^alpha")
+    max_extra_length: int = _field(50, "outputs stop at source length + this many tokens")
+    temperature: float = _field(1.0, "sampling: divide the logits by this")
+    top_k: int = _field(0, "sampling: keep the k likeliest tokens; 0 = all")
+    top_p: float = _field(1.0, "sampling: keep the smallest set of tokens with this "
+                               "probability mass")
+    seed: int = _field(0, "sampling: random seed (same seed, same samples)")
+    tokens_per_batch: int = _field(4096, "source tokens per decoding batch (padding "
+                                         "included; also the validation BLEU's batches)")
 
     def validate(self) -> None:
         _one_of(self, "method", ("greedy", "beam", "sample"))

@@ -12,34 +12,28 @@ Conventions shared by every search:
 * ``pad_id`` is never emitted (its logit is masked), so padding keeps meaning "nothing";
 * ``bos_id`` is an int, or int [B] with one start token per row.
 
-The model adapters (``seq2seq_decoder``, ``lm_decoder``, ``translate``,
-``continue_prompt``) turn a Transformer / DecoderOnly and its params into that
-interface, with the full cache (self-attention K/V buffers plus cross-attention K/V
-computed once), the Flax-WMT cache (cross K/V recomputed every step) or no cache at all.
-``bucket_batches`` and ``translate_all`` pad a file of sentences to a few fixed shapes so
-that it compiles once per bucket, never once per sentence.
+This module holds search only: ``translate.py`` turns a Transformer or DecoderOnly and
+its params into ``tokens_to_logits`` and runs these searches over files of sentences.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from flax_transformer.config import DecodeConfig, ModelConfig
+from flax_transformer.config import DecodeConfig
 
 Array = jnp.ndarray
 Cache = Any
 TokensToLogits = Callable[[Array, Cache], tuple[Array, Cache]]
+PromptToCache = Callable[[Array, Array, Cache], Cache]
 
 NEG_INF = -1.0e7  # finite "minus infinity" of beam scores: no inf - inf = NaN anywhere
-CACHING_MODES = ("full", "self_only", "none")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -57,14 +51,6 @@ def _start_tokens(bos_id: int | Array, batch_size: int) -> Array:
 def _forbid(logits: Array, token_id: int, value: float = -jnp.inf) -> Array:
     """Masks one token out of logits [..., V]."""
     return logits.at[..., token_id].set(value)
-
-
-def _row_select(condition: Array, new: Cache, old: Cache) -> Cache:
-    """Per-row choice between two caches: condition bool [B] picks ``new``."""
-    def select(new_leaf, old_leaf):
-        shape = (-1,) + (1,) * (new_leaf.ndim - 1)
-        return jnp.where(condition.reshape(shape), new_leaf, old_leaf)
-    return jax.tree.map(select, new, old)
 
 
 # --------------------------------------------------------------------------- greedy, sampling
@@ -332,16 +318,17 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, beam_size: in
     return _best_first(state, alpha=alpha, max_length=max_length)
 
 
-# --------------------------------------------------------------------------- prompts
+# --------------------------------------------------------------------------- prompts, dispatch
 
 
-def prefill(tokens_to_logits: TokensToLogits, cache: Cache, prompt_tokens: Array,
+def prefill(prompt_to_cache: PromptToCache, cache: Cache, prompt_tokens: Array,
             prompt_lengths: Array) -> tuple[Array, Cache]:
-    """Feeds each row's prompt but its last token, one token per step.
+    """Feeds each row's prompt but its last token to the model, in one call.
 
-    Rows with shorter prompts keep their cache unchanged (a per-row select), so rows of
-    different lengths share one loop. The returned last prompt tokens are the ``bos_id``
-    of the search that continues the prompts.
+    ``prompt_to_cache(tokens int [B, P], lengths int [B], cache) -> cache`` runs the model
+    over the whole block at once (the same code as training) and advances each row by its
+    own length, so rows of different lengths share one call. The returned last prompt
+    tokens are the ``bos_id`` of the search that continues the prompts.
 
     Args:
       prompt_tokens: int [B, P], right-padded.
@@ -350,124 +337,18 @@ def prefill(tokens_to_logits: TokensToLogits, cache: Cache, prompt_tokens: Array
     Returns:
       last prompt token per row int [B], and the cache after the rest of the prompt.
     """
-    def feed(index, cache):
-        _, advanced = tokens_to_logits(prompt_tokens[:, index], cache)
-        return _row_select(index < prompt_lengths - 1, advanced, cache)
-
-    cache = lax.fori_loop(0, jnp.max(prompt_lengths) - 1, feed, cache)
+    cache = prompt_to_cache(prompt_tokens, prompt_lengths - 1, cache)
     last = jnp.take_along_axis(prompt_tokens, (prompt_lengths - 1)[:, None], axis=1)[:, 0]
     return last.astype(jnp.int32), cache
 
 
-# --------------------------------------------------------------------------- model adapters
+def search(tokens_to_logits: TokensToLogits, cache: Cache, decode_config: DecodeConfig, *,
+           bos_id: int | Array, eos_id: int, max_length: int, pad_id: int = 0,
+           rng: Array | None = None) -> Array:
+    """Runs decode_config.method; beam search returns its best hypothesis. int [B, T].
 
-
-def _check_caching(caching: str, allowed: Sequence[str] = CACHING_MODES) -> None:
-    if caching not in allowed:
-        raise ValueError(f"caching={caching!r} must be one of {tuple(allowed)}.")
-
-
-def _cross_key_values(module: Any, encoded: Array) -> tuple[tuple[Array, Array], ...]:
-    """Per decoder layer, cross-attention keys and values [B, S, H, K] of ``encoded``."""
-    return tuple(layer.cross_key_value(encoded) for layer in module.decoder.layers)
-
-
-def _write_and_recompute(full_logits: Callable[[Cache, Array], Array]) -> TokensToLogits:
-    """The no-cache interface: write tokens into a [B, L] buffer, rerun the whole decoder.
-
-    ``full_logits(cache, buffer int [B, L]) -> logits [B, L, V]``.
+    rng: the sampling key; None = ``jax.random.key(decode_config.seed)``.
     """
-    def tokens_to_logits(tokens, cache):
-        positions = cache["positions"]                                      # [B]
-        rows = jnp.arange(tokens.shape[0])
-        buffer = cache["tokens"].at[rows, positions].set(tokens.astype(jnp.int32))
-        logits = full_logits(cache, buffer)[rows, positions]                # [B, V]
-        return logits, dict(cache, tokens=buffer, positions=positions + 1)
-    return tokens_to_logits
-
-
-def _empty_buffer(batch: int, length: int, pad_id: int) -> dict:
-    return {"tokens": jnp.full((batch, length), pad_id, jnp.int32),
-            "positions": jnp.zeros((batch,), jnp.int32)}
-
-
-def _seq2seq_self_only(model: Any, variables: dict, source_tokens: Array, encoded: Array,
-                       max_length: int) -> tuple[TokensToLogits, Cache]:
-    """Self-attention cache; cross K/V recomputed from ``encoded`` every step (Flax WMT)."""
-    full = model.apply(variables, encoded, source_tokens, max_length, method="init_cache")
-    layers = tuple({"key": c["key"], "value": c["value"]} for c in full["layers"])
-    cache = dict(full, layers=layers, encoded=encoded)
-
-    def tokens_to_logits(tokens, cache):
-        cross = model.apply(variables, cache["encoded"], method=_cross_key_values)
-        layers = tuple(dict(layer, cross_key=key, cross_value=value)
-                       for layer, (key, value) in zip(cache["layers"], cross, strict=True))
-        step_cache = {k: v for k, v in cache.items() if k != "encoded"}
-        logits, step_cache = model.apply(variables, tokens, dict(step_cache, layers=layers),
-                                         method="decode_step")
-        kept = tuple({"key": c["key"], "value": c["value"]} for c in step_cache["layers"])
-        return logits, dict(step_cache, layers=kept, encoded=cache["encoded"])
-    return tokens_to_logits, cache
-
-
-def seq2seq_decoder(model: Any, params: Any, source_tokens: Array, max_length: int, *,
-                    caching: str = "full", pad_id: int = 0) -> tuple[TokensToLogits, Cache]:
-    """Encodes the sources once and returns the Transformer as ``tokens_to_logits``.
-
-    Args:
-      model: a ``Transformer``.
-      params: its "params" collection.
-      source_tokens: int [B, S], right-padded with pad_id.
-      max_length: outputs of up to this many tokens (≤ model.config.max_length).
-      caching: "full" = self-attention K/V buffers + cross-attention K/V computed once;
-        "self_only" = self-attention buffers, cross K/V recomputed from the encoder
-        output every step (the Flax WMT example); "none" = the whole decoder rerun over
-        the [B, max_length] output buffer every step.
-      pad_id: fills the empty output buffer of caching="none".
-
-    Returns:
-      (tokens_to_logits, initial cache); every cache leaf has B leading.
-    """
-    _check_caching(caching)
-    variables = {"params": params}
-    encoded = model.apply(variables, source_tokens, method="encode")         # [B, S, D]
-    if caching == "full":
-        cache = model.apply(variables, encoded, source_tokens, max_length,
-                            method="init_cache")
-
-        def cached(tokens, cache):
-            return model.apply(variables, tokens, cache, method="decode_step")
-        return cached, cache
-    if caching == "self_only":
-        return _seq2seq_self_only(model, variables, source_tokens, encoded, max_length)
-    cache = dict(_empty_buffer(source_tokens.shape[0], max_length, pad_id),
-                 encoded=encoded, source_tokens=source_tokens)
-    return _write_and_recompute(lambda c, buffer: model.apply(
-        variables, c["encoded"], c["source_tokens"], buffer, method="decode")), cache
-
-
-def lm_decoder(model: Any, params: Any, batch_size: int, max_length: int, *,
-               caching: str = "full", pad_id: int = 0) -> tuple[TokensToLogits, Cache]:
-    """A ``DecoderOnly`` as ``tokens_to_logits`` over sequences of up to max_length tokens.
-
-    caching: "full" (self-attention K/V buffers) or "none" (rerun over the buffer).
-    """
-    _check_caching(caching, ("full", "none"))
-    variables = {"params": params}
-    if caching == "full":
-        cache = model.apply(variables, batch_size, max_length, method="init_cache")
-
-        def cached(tokens, cache):
-            return model.apply(variables, tokens, cache, method="decode_step")
-        return cached, cache
-    return (_write_and_recompute(lambda c, buffer: model.apply(variables, buffer)),
-            _empty_buffer(batch_size, max_length, pad_id))
-
-
-def _search(tokens_to_logits: TokensToLogits, cache: Cache, decode_config: DecodeConfig, *,
-            bos_id: int | Array, eos_id: int, max_length: int, pad_id: int,
-            rng: Array | None) -> Array:
-    """Runs decode_config.method; beam search returns its best hypothesis. int [B, T]."""
     common = dict(bos_id=bos_id, eos_id=eos_id, max_length=max_length, pad_id=pad_id)
     if decode_config.method == "greedy":
         return greedy_search(tokens_to_logits, cache, **common)
@@ -482,229 +363,3 @@ def _search(tokens_to_logits: TokensToLogits, cache: Cache, decode_config: Decod
                       top_k=decode_config.top_k, top_p=decode_config.top_p, **common)
     raise ValueError(f"decode.method={decode_config.method!r} must be 'greedy', 'beam' or "
                      "'sample'.")
-
-
-def output_length(source_length: int, decode_config: DecodeConfig,
-                  model_config: ModelConfig) -> int:
-    """Most output tokens for sources padded to source_length: S + max_extra_length, capped
-    by the positions the model knows."""
-    return min(source_length + decode_config.max_extra_length, model_config.max_length)
-
-
-def translate(model: Any, params: Any, source_tokens: Array, decode_config: DecodeConfig, *,
-              bos_id: int, eos_id: int, pad_id: int = 0, rng: Array | None = None,
-              caching: str = "full") -> Array:
-    """Source sentences -> output tokens with decode_config's search (pure, jit-able).
-
-    Args:
-      model: a ``Transformer`` (static under jit).
-      params: its "params" collection.
-      source_tokens: int [B, S], right-padded with pad_id.
-      decode_config: method, beam size, alpha, sampling options, max_extra_length.
-      bos_id, eos_id, pad_id: from the tokenizer.
-      rng: sampling key; None = ``jax.random.key(decode_config.seed)``.
-      caching: see seq2seq_decoder; "full" unless comparing speeds.
-
-    Returns:
-      int [B, T], T = output_length(S, ...): no BOS, EOS included, pad after it.
-    """
-    max_length = output_length(source_tokens.shape[1], decode_config, model.config)
-    tokens_to_logits, cache = seq2seq_decoder(model, params, source_tokens, max_length,
-                                              caching=caching, pad_id=pad_id)
-    return _search(tokens_to_logits, cache, decode_config, bos_id=bos_id, eos_id=eos_id,
-                   max_length=max_length, pad_id=pad_id, rng=rng)
-
-
-def make_translate_fn(model: Any, decode_config: DecodeConfig, *, bos_id: int, eos_id: int,
-                      pad_id: int = 0, caching: str = "full") -> Callable[..., Array]:
-    """``translate`` compiled once per source shape: fn(params, source_tokens, rng=None)."""
-    _check_caching(caching)
-
-    def translate_fn(params, source_tokens, rng=None):
-        return translate(model, params, source_tokens, decode_config, bos_id=bos_id,
-                         eos_id=eos_id, pad_id=pad_id, rng=rng, caching=caching)
-    return jax.jit(translate_fn)
-
-
-def continue_prompt(model: Any, params: Any, prompt_tokens: Array,
-                    decode_config: DecodeConfig, *, eos_id: int, pad_id: int = 0,
-                    max_new_tokens: int | None = None, rng: Array | None = None,
-                    caching: str = "full") -> Array:
-    """Continues prompts with a ``DecoderOnly`` model and decode_config's search.
-
-    Args:
-      model: a ``DecoderOnly``.
-      params: its "params" collection.
-      prompt_tokens: int [B, P], right-padded with pad_id; rows may differ in length but
-        each needs at least one token (prepend BOS if the model was trained with one).
-      decode_config: the search; beam search works too.
-      eos_id, pad_id: from the tokenizer.
-      max_new_tokens: N; None = decode_config.max_extra_length. Capped so that prompt
-        and continuation fit model.config.max_length positions.
-      rng: sampling key (None = decode_config.seed).
-      caching: "full" or "none" (see lm_decoder).
-
-    Returns:
-      the continuations only, int [B, N], left-aligned, EOS included, pad after it.
-    """
-    prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
-    prompt_length = prompt_tokens.shape[1]
-    wanted = decode_config.max_extra_length if max_new_tokens is None else max_new_tokens
-    new_tokens = min(wanted, model.config.max_length - prompt_length)
-    if new_tokens < 1:
-        raise ValueError(f"prompts of {prompt_length} tokens leave no room for a continuation "
-                         f"within model.max_length={model.config.max_length}.")
-    tokens_to_logits, cache = lm_decoder(model, params, prompt_tokens.shape[0],
-                                         prompt_length + new_tokens, caching=caching,
-                                         pad_id=pad_id)
-    lengths = jnp.sum(prompt_tokens != pad_id, axis=1).astype(jnp.int32)
-    last, cache = prefill(tokens_to_logits, cache, prompt_tokens, lengths)
-    return _search(tokens_to_logits, cache, decode_config, bos_id=last, eos_id=eos_id,
-                   max_length=new_tokens, pad_id=pad_id, rng=rng)
-
-
-def make_continue_fn(model: Any, decode_config: DecodeConfig, *, eos_id: int,
-                     pad_id: int = 0, max_new_tokens: int | None = None,
-                     caching: str = "full") -> Callable[..., Array]:
-    """``continue_prompt`` compiled once per prompt shape: fn(params, prompt_tokens, rng=None)."""
-    def continue_fn(params, prompt_tokens, rng=None):
-        return continue_prompt(model, params, prompt_tokens, decode_config, eos_id=eos_id,
-                               pad_id=pad_id, max_new_tokens=max_new_tokens, rng=rng,
-                               caching=caching)
-    return jax.jit(continue_fn)
-
-
-def attention_weights(model: Any, params: Any, source_tokens: Array, output_tokens: Array,
-                      *, bos_id: int) -> dict[str, list[Array]]:
-    """Attention weights of a Transformer teacher-forced on its own outputs (for heatmaps).
-
-    Query row t of the decoder is the position whose logits chose output_tokens[:, t].
-
-    Args:
-      source_tokens: int [B, S]; output_tokens: int [B, T] as returned by a search.
-
-    Returns:
-      {"encoder_self": [B, H, S, S], "decoder_self": [B, H, T, T], "cross": [B, H, T, S]}
-      lists with one array per layer, first layer first.
-    """
-    target_input = jnp.concatenate(
-        [jnp.full_like(output_tokens[:, :1], bos_id), output_tokens[:, :-1]], axis=1)
-    _, state = model.apply({"params": params}, source_tokens, target_input,
-                           mutable=["intermediates"])
-    sown = state["intermediates"]
-
-    def per_layer(stack, layer_count, sublayer):
-        return [sown[stack][f"layer_{index}"][sublayer]["attention_weights"][0]
-                for index in range(layer_count)]
-    config = model.config
-    return {"encoder_self": per_layer("encoder", config.num_encoder_layers, "self_attention"),
-            "decoder_self": per_layer("decoder", config.num_decoder_layers, "self_attention"),
-            "cross": per_layer("decoder", config.num_decoder_layers, "encoder_attention")}
-
-
-# --------------------------------------------------------------------------- buckets
-
-
-def default_buckets(max_length: int, smallest: int = 8) -> tuple[int, ...]:
-    """Powers of two from ``smallest`` below max_length, then max_length itself."""
-    buckets = []
-    length = smallest
-    while length < max_length:
-        buckets.append(length)
-        length *= 2
-    return (*buckets, max_length)
-
-
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket that holds ``length`` tokens."""
-    for bucket in sorted(buckets):
-        if length <= bucket:
-            return bucket
-    raise ValueError(f"a sequence of {length} tokens is longer than the largest bucket "
-                     f"{max(buckets)}; truncate it or add a larger bucket.")
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceBatch:
-    """Sequences padded to one bucket shape.
-
-    Attributes:
-      indices: int [B], position of each row in the input list; -1 for a filler row.
-      tokens: int32 [B, S], right-padded with pad_id (filler rows are all pad).
-    """
-
-    indices: np.ndarray
-    tokens: np.ndarray
-
-
-def _rows_per_batch(bucket: int, count: int, tokens_per_batch: int) -> int:
-    """Budgeted rows, or the next power of two ≥ count when fewer sequences are waiting."""
-    budget = max(1, tokens_per_batch // bucket)
-    return min(budget, 1 << max(0, count - 1).bit_length())
-
-
-def bucket_batches(sequences: Sequence[Sequence[int]], buckets: Sequence[int], *,
-                   tokens_per_batch: int, pad_id: int = 0) -> Iterator[SourceBatch]:
-    """Groups sequences by bucket into batches of one fixed shape per bucket.
-
-    Every batch of a bucket has the same [rows, bucket] shape (filler rows pad the last
-    one), so decoding a whole file compiles at most len(buckets) times. Rows are
-    tokens_per_batch // bucket, or fewer (a power of two) when the bucket holds fewer
-    sequences. Empty sequences are left out (nothing to decode).
-    """
-    by_bucket: dict[int, list[int]] = {}
-    for index, sequence in enumerate(sequences):
-        if len(sequence):
-            by_bucket.setdefault(bucket_length(len(sequence), buckets), []).append(index)
-    for bucket in sorted(by_bucket):
-        members = by_bucket[bucket]
-        rows = _rows_per_batch(bucket, len(members), tokens_per_batch)
-        for begin in range(0, len(members), rows):
-            indices = np.full((rows,), -1, np.int64)
-            tokens = np.full((rows, bucket), pad_id, np.int32)
-            for row, index in enumerate(members[begin:begin + rows]):
-                indices[row] = index
-                tokens[row, :len(sequences[index])] = sequences[index]
-            yield SourceBatch(indices=indices, tokens=tokens)
-
-
-def strip_output(tokens: Sequence[int], eos_id: int, pad_id: int = 0) -> list[int]:
-    """One output row -> its tokens before the first EOS, without padding."""
-    kept = []
-    for token in np.asarray(tokens).tolist():
-        if token == eos_id:
-            break
-        if token != pad_id:
-            kept.append(token)
-    return kept
-
-
-def translate_all(translate_fn: Callable[..., Array], params: Any,
-                  sequences: Sequence[Sequence[int]], *, buckets: Sequence[int],
-                  tokens_per_batch: int, eos_id: int, pad_id: int = 0,
-                  rng: Array | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Decodes a list of token sequences through bucketed batches, in input order.
-
-    Args:
-      translate_fn: e.g. make_translate_fn(...) or make_continue_fn(...).
-      sequences: token ids per sentence; an empty one gets an empty output.
-      buckets, tokens_per_batch: see bucket_batches.
-      rng: sampling key, folded with the batch number; None = the config's seed.
-      on_batch: called with the number of real sentences after each batch (progress bars).
-
-    Returns:
-      output tokens per sentence, EOS and padding removed.
-    """
-    outputs: list[list[int]] = [[] for _ in sequences]
-    for number, batch in enumerate(bucket_batches(sequences, buckets,
-                                                  tokens_per_batch=tokens_per_batch,
-                                                  pad_id=pad_id)):
-        batch_rng = None if rng is None else jax.random.fold_in(rng, number)
-        decoded = np.asarray(translate_fn(params, batch.tokens, batch_rng))
-        real = batch.indices >= 0
-        for index, row in zip(batch.indices[real], decoded[real], strict=True):
-            outputs[index] = strip_output(row, eos_id, pad_id)
-        if on_batch is not None:
-            on_batch(int(real.sum()))
-    return outputs

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import sacrebleu
 
-from flax_transformer import data, decoding, training
+from flax_transformer import data, training, translate
 from flax_transformer.config import Config
-from flax_transformer.data import number_words
+from flax_transformer.data import batching, number_words
 from flax_transformer.model import Transformer
 
 
@@ -110,14 +110,16 @@ class Evaluator:
         self.strategy = strategy
         self.tokenizer = tokenizer
         self.split = split
-        self.decode_batches = data.eval_batches(split, tokenizer, config.data, 1,
-                                                max_examples=config.data.eval_examples
-                                                if max_examples is None else max_examples)
-        count = sum(int(np.sum(batch["index"] >= 0)) for batch in self.decode_batches)
-        self.references = [split[i]["target"] for i in range(count)]
+        count = config.data.eval_examples if max_examples is None else max_examples
+        count = min(count, len(split)) if count else len(split)
+        pairs = [split[index] for index in range(count)]
+        self.references = [pair["target"] for pair in pairs]
+        # Sources as decode.py reads them, cut to what the model was trained on.
+        self.sources, _ = translate.encode_sources(
+            tokenizer, [pair["source"] for pair in pairs], config.data.max_length)
         greedy = dataclasses.replace(config.decode, method="greedy",
                                      max_extra_length=config.train.max_eval_length_extra)
-        self.translate = decoding.make_translate_fn(
+        self.translate_fn = translate.make_translate_fn(
             Transformer(config.model), greedy, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id)
         self.signature_printed = False
@@ -130,14 +132,14 @@ class Evaluator:
                                  self.strategy.batch_multiple)
 
     def translations(self, params: Any) -> list[str]:
-        """Greedy outputs for the first eval_examples validation sources, in order."""
-        outputs: dict[int, str] = {}
-        for batch in self.decode_batches:
-            tokens = np.asarray(self.translate(params, batch["source"]))
-            for index, row in zip(batch["index"], tokens, strict=True):
-                if index >= 0:
-                    outputs[int(index)] = self.tokenizer.decode(row.tolist())
-        return [outputs[i] for i in range(len(self.references))]
+        """Greedy outputs for the first eval_examples validation sources, in order, batched
+        by decode.py's function (decode.tokens_per_batch source tokens, data's buckets)."""
+        data_config = self.config.data
+        rows = translate.translate_all(
+            self.translate_fn, params, self.sources,
+            buckets=batching.bucket_lengths(data_config.bucket_lengths, data_config.max_length),
+            tokens_per_batch=self.config.decode.tokens_per_batch, pad_id=self.tokenizer.pad_id)
+        return [self.tokenizer.decode(row) for row in rows]
 
     def evaluate(self, state: Any) -> dict:
         """Loss, perplexity, accuracy, BLEU and exact match on the validation split."""

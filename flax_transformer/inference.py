@@ -7,7 +7,8 @@
 ``run(DecodeRequest(...))`` is the whole command: read input, translate in bucketed batches
 (compiled once per bucket), write output, print sacreBLEU/chrF and write the heatmaps.
 Every user mistake surfaces as an ``InferenceError``, ``checkpoint.CheckpointError`` or
-``config.ConfigError`` with one sentence saying what to do (``USER_ERRORS``).
+``config.ConfigError`` with one sentence saying what to do (``DECODE_USER_ERRORS``).
+The searches and their batching live in ``translate.py``; this module is files and runs.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from flax_transformer import checkpoint, data, decoding, evaluation, plots, training
+from flax_transformer import checkpoint, data, evaluation, plots, training, translate
 from flax_transformer import config as config_lib
+from flax_transformer.data import batching
 from flax_transformer.model import Transformer
 
 
@@ -33,7 +35,7 @@ class InferenceError(ValueError):
     """Input that decode.py cannot use; the message says what was wrong and what to do."""
 
 
-USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError)
+DECODE_USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError)
 
 
 # --------------------------------------------------------------------------- restoring
@@ -107,7 +109,7 @@ def split_lines(raw: bytes, name: str) -> list[str]:
     return texts
 
 
-def read_lines(path: str) -> list[str]:
+def read_text_file(path: str) -> list[str]:
     """The lines of a UTF-8 text file, plain or gzip'd (``.gz``); a clear error if it is
     missing, not gzip despite its name, or not UTF-8."""
     try:
@@ -126,29 +128,12 @@ def read_stream(stream: IO) -> list[str]:
 # --------------------------------------------------------------------------- translating
 
 
-def encode_sources(tokenizer: data.Tokenizer, lines: Sequence[str],
-                   max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids + EOS per line (as in training), cut to max_length tokens.
-
-    An empty line (no pieces) stays empty, so that it is echoed as an empty output.
-
-    Returns:
-      (sequences, number of lines that were truncated).
-    """
-    sequences, truncated = [], 0
-    for ids in tokenizer.encode_batch(list(lines)) if lines else []:
-        if len(ids) + 1 > max_length:
-            ids, truncated = ids[:max_length - 1], truncated + 1
-        sequences.append([*ids, tokenizer.eos_id] if ids else [])
-    return sequences, truncated
-
-
 @functools.lru_cache(maxsize=8)
 def _translate_fn(model: Transformer, decode_config: config_lib.DecodeConfig, bos_id: int,
                   eos_id: int, pad_id: int):
     """One compiled search per (model, search): repeated calls reuse its compilations."""
-    return decoding.make_translate_fn(model, decode_config, bos_id=bos_id, eos_id=eos_id,
-                                      pad_id=pad_id)
+    return translate.make_translate_fn(model, decode_config, bos_id=bos_id, eos_id=eos_id,
+                                       pad_id=pad_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +142,7 @@ class Translations:
 
     translations: list[str]
     sources: list[list[int]]     # the encoded inputs, EOS included (empty for empty lines)
-    outputs: list[list[int]]     # output ids, without EOS
+    outputs: list[list[int]]     # output ids, without EOS (Tokenizer.content_ids)
     truncated: int               # lines cut to the model's max_length
 
 
@@ -170,19 +155,19 @@ def translate_lines(restored: Restored, lines: Sequence[str],
     at most a handful of times; lines longer than model.max_length tokens are truncated.
     """
     tokenizer, max_length = restored.tokenizer, restored.config.model.max_length
-    sources, truncated = encode_sources(tokenizer, lines, max_length)
+    sources, truncated = translate.encode_sources(tokenizer, lines, max_length)
     translate_fn = _translate_fn(restored.model, decode_config, tokenizer.bos_id,
                                  tokenizer.eos_id, tokenizer.pad_id)
     with tqdm(total=len(lines), desc="decode", unit="line", file=sys.stderr,
               disable=not progress) as bar:
-        outputs = decoding.translate_all(
+        rows = translate.translate_all(
             translate_fn, restored.params, sources,
-            buckets=decoding.default_buckets(max_length),
-            tokens_per_batch=decode_config.tokens_per_batch, eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id, rng=jax.random.key(decode_config.seed),
-            on_batch=bar.update)
-    return Translations(translations=[tokenizer.decode(ids) for ids in outputs],
-                        sources=sources, outputs=outputs, truncated=truncated)
+            buckets=batching.bucket_lengths((), max_length),
+            tokens_per_batch=decode_config.tokens_per_batch, pad_id=tokenizer.pad_id,
+            rng=jax.random.key(decode_config.seed), on_batch=bar.update)
+    return Translations(translations=[tokenizer.decode(row) for row in rows],
+                        sources=sources, outputs=[tokenizer.content_ids(row) for row in rows],
+                        truncated=truncated)
 
 
 # --------------------------------------------------------------------------- scoring, plots
@@ -194,17 +179,6 @@ def check_counts(input_count: int, references: Sequence[str], reference_name: st
         raise InferenceError(
             f"the input has {input_count} lines but {reference_name} has "
             f"{len(references)}; give one reference per input line.")
-
-
-def score_lines(hypotheses: Sequence[str], references: Sequence[str],
-                reference_name: str = "references") -> list[str]:
-    """sacreBLEU (cased, 13a) and chrF lines with their signatures, then exact match.
-
-    Raises:
-      InferenceError: when the counts of hypotheses and references differ.
-    """
-    check_counts(len(hypotheses), references, reference_name)
-    return evaluation.score_lines(list(hypotheses), list(references))
 
 
 def attention_paths(path: str, self_attention: bool) -> dict[str, str]:
@@ -233,7 +207,7 @@ def write_attention_plots(restored: Restored, source_ids: Sequence[int],
     tokenizer = restored.tokenizer
     max_length = restored.config.model.max_length
     output_ids = [*output_ids, tokenizer.eos_id][:max_length]
-    weights = decoding.attention_weights(
+    weights = translate.attention_weights(
         restored.model, restored.params, np.asarray([source_ids], np.int32),
         np.asarray([output_ids], np.int32), bos_id=tokenizer.bos_id)
     pieces = (tokenizer.id_to_piece(source_ids), tokenizer.id_to_piece(output_ids),
@@ -288,7 +262,7 @@ def input_lines(request: DecodeRequest, stdin: IO) -> list[str]:
     if request.inputs is not None:
         return [line.removesuffix("\r") for text in request.inputs for line in text.split("\n")]
     if request.input_file and request.input_file != "-":
-        return read_lines(request.input_file)
+        return read_text_file(request.input_file)
     return read_stream(stdin)
 
 
@@ -343,7 +317,7 @@ class Decoded:
 
 def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = None,
         stderr: IO | None = None) -> Decoded:
-    """decode.py: restore, translate, write, score, plot. Raises one of USER_ERRORS.
+    """decode.py: restore, translate, write, score, plot. Raises one of DECODE_USER_ERRORS.
 
     The streams default to sys.stdin/stdout/stderr as they are at call time.
     """
@@ -351,7 +325,7 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     restored = restore(request.workdir, request.checkpoint, request.use_ema)
     decode_config = decode_config_for(restored.config, request.decode_overrides)
     lines = input_lines(request, stdin)
-    references = read_lines(request.reference_file) if request.reference_file else None
+    references = read_text_file(request.reference_file) if request.reference_file else None
     if references is not None:
         check_counts(len(lines), references, request.reference_file)  # before decoding
     print(_describe(restored, decode_config, len(lines)), file=stderr)
@@ -363,7 +337,7 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     write_lines(result.translations, request.output_file, stdout)
     scores = []
     if references is not None:
-        scores = score_lines(result.translations, references, request.reference_file)
+        scores = evaluation.score_lines(result.translations, references)
         print("\n".join(scores), file=stderr)
     plots = _plot(request, restored, result, stderr) if request.attention_plot else {}
     return Decoded(result=result, scores=scores, plots=plots)

@@ -1,12 +1,14 @@
 """Flax Linen layers of the Transformer: wiring only, the math lives in attention.py.
 
-Each layer has a full-sequence ``__call__`` and, where decoding needs it, a one-position
-``decode_step`` over an explicit cache (plain dicts of arrays, no mutable collections).
+Attention and the decoder layer take an optional cache (plain dicts of arrays, no
+mutable collections) and return ``(outputs, cache)`` for a block of any length, so that
+training, one-token decoding and a whole-prompt prefill run the same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,7 +36,14 @@ def layer_norm(config: ModelConfig) -> nn.LayerNorm:
 
 
 class MultiHeadAttention(nn.Module):
-    """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, ...)."""
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, ...).
+
+    One call serves training, one-token decoding and a whole-prompt prefill: without a
+    cache the queries attend to ``inputs_kv``; with one, the block's keys and values are
+    first written into the cache buffers at ``cache_index`` and the queries attend to
+    the whole buffers (``mask`` hides the slots not yet written); with a cache and no
+    ``inputs_kv`` (cross-attention while decoding), they attend to the cached keys.
+    """
 
     config: ModelConfig
 
@@ -47,26 +56,49 @@ class MultiHeadAttention(nn.Module):
         self.value = dense(self.config, d_model, use_bias=False)
         self.output = dense(self.config, d_model, use_bias=False)
 
-    def project_query(self, inputs: Array) -> Array:
-        """[B, T, D] -> queries [B, T, H, K]."""
-        return attention.split_heads(self.query(inputs), self.config.num_heads)
-
-    def project_key_value(self, inputs: Array) -> tuple[Array, Array]:
-        """[B, S, D] -> keys and values, each [B, S, H, K]."""
+    def key_value_cache(self, inputs_kv: Array) -> dict:
+        """[B, S, D] -> {"key", "value": [B, S, H, K]}: a cache of fixed keys (cross-attention)."""
         heads = self.config.num_heads
-        return (attention.split_heads(self.key(inputs), heads),
-                attention.split_heads(self.value(inputs), heads))
+        return {"key": attention.split_heads(self.key(inputs_kv), heads),
+                "value": attention.split_heads(self.value(inputs_kv), heads)}
 
-    def attend(self, query: Array, key: Array, value: Array, mask: Array | None) -> Array:
-        """Attention of projected heads, merged and projected back: [B, T, D]."""
-        context, weights = attention.multi_head_attention(query, key, value, mask)
+    def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None,
+                 cache: dict | None = None,
+                 cache_index: Array | None = None) -> tuple[Array, dict | None]:
+        """inputs_q [B, T, D] attends to inputs_kv [B, S, D] (or to the cache) -> [B, T, D].
+
+        Args:
+          inputs_q: [B, T, D], a block of any length T.
+          inputs_kv: [B, S, D]; None = the keys and values are the cache's.
+          mask: bool broadcastable to [B, H, T, S] (S = L, the buffer length, with a cache).
+          cache: None, or {"key", "value": [B, L, H, K]}.
+          cache_index: int [B], the slot of the block's first token in each row; the block
+            fills slots cache_index .. cache_index + T - 1.
+
+        Returns:
+          outputs [B, T, D] and the cache with this block written (None without a cache).
+        """
+        query = attention.split_heads(self.query(inputs_q), self.config.num_heads)
+        if inputs_kv is None:
+            key_value = cache
+        else:
+            key_value = self.key_value_cache(inputs_kv)                    # [B, S, H, K] each
+            if cache is not None:
+                key_value = {name: _write(cache[name], block, cache_index)
+                             for name, block in key_value.items()}
+                cache = key_value
+        context, weights = attention.multi_head_attention(
+            query, key_value["key"], key_value["value"], mask)
         self.sow("intermediates", "attention_weights", weights)             # [B, H, T, S]
-        return self.output(attention.merge_heads(context))
+        return self.output(attention.merge_heads(context)), cache
 
-    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None) -> Array:
-        """inputs_q [B, T, D] attends to inputs_kv [B, S, D] -> [B, T, D]."""
-        key, value = self.project_key_value(inputs_kv)
-        return self.attend(self.project_query(inputs_q), key, value, mask)
+
+def _write(buffer: Array, update: Array, index: Array) -> Array:
+    """Writes update [B, T, H, K] into buffer [B, L, H, K] from slot index[b] of each row."""
+    def write_row(row_buffer, row_update, start):
+        return jax.lax.dynamic_update_slice(row_buffer, row_update.astype(row_buffer.dtype),
+                                            (start, 0, 0))
+    return jax.vmap(write_row)(buffer, update, index)
 
 
 class FeedForward(nn.Module):
@@ -81,7 +113,11 @@ class FeedForward(nn.Module):
 
 
 class _Residual(nn.Module):
-    """LayerNorm(x + Dropout(sublayer(x))) (post-LN) or x + Dropout(sublayer(LN(x))) (pre-LN)."""
+    """LayerNorm(x + Dropout(sublayer(x))) (post-LN) or x + Dropout(sublayer(LN(x))) (pre-LN).
+
+    ``sublayer(x) -> (output, aux)``; the residual returns ``(hidden, aux)`` so that an
+    attention sublayer can hand its cache back.
+    """
 
     config: ModelConfig
 
@@ -89,11 +125,13 @@ class _Residual(nn.Module):
         self.norm = layer_norm(self.config)
         self.dropout = nn.Dropout(self.config.dropout_rate)
 
-    def __call__(self, inputs: Array, sublayer: Callable[[Array], Array],
-                 deterministic: bool) -> Array:
+    def __call__(self, inputs: Array, sublayer: Callable[[Array], tuple[Array, Any]],
+                 deterministic: bool) -> tuple[Array, Any]:
         if self.config.norm == "pre_ln":
-            return inputs + self.dropout(sublayer(self.norm(inputs)), deterministic)
-        return self.norm(inputs + self.dropout(sublayer(inputs), deterministic))
+            output, aux = sublayer(self.norm(inputs))
+            return inputs + self.dropout(output, deterministic), aux
+        output, aux = sublayer(inputs)
+        return self.norm(inputs + self.dropout(output, deterministic)), aux
 
 
 class EncoderLayer(nn.Module):
@@ -109,13 +147,19 @@ class EncoderLayer(nn.Module):
 
     def __call__(self, inputs: Array, mask: Array, deterministic: bool = True) -> Array:
         """inputs [B, S, D], mask broadcastable to [B, H, S, S] -> [B, S, D]."""
-        hidden = self.attention_residual(
+        hidden, _ = self.attention_residual(
             inputs, lambda x: self.self_attention(x, x, mask), deterministic)
-        return self.feed_forward_residual(hidden, self.feed_forward, deterministic)
+        return self.feed_forward_residual(
+            hidden, lambda x: (self.feed_forward(x), None), deterministic)[0]
 
 
 class DecoderLayer(nn.Module):
-    """Masked self-attention, cross-attention over the encoder (optional), feed-forward."""
+    """Masked self-attention, cross-attention over the encoder (optional), feed-forward.
+
+    The layer cache is {"self": {"key", "value": [B, L, H, K]}} (+ "cross": {"key",
+    "value": [B, S, H, K]}, the encoder's keys and values, when the layer has
+    cross-attention); see ``init_cache``.
+    """
 
     config: ModelConfig
     cross_attention: bool = True
@@ -130,60 +174,43 @@ class DecoderLayer(nn.Module):
         self.feed_forward_residual = _Residual(self.config)
 
     def __call__(self, inputs: Array, encoded: Array | None, self_mask: Array,
-                 cross_mask: Array | None, deterministic: bool = True) -> Array:
-        """inputs [B, T, D], encoded [B, S, D] -> [B, T, D]."""
-        hidden = self.self_residual(
-            inputs, lambda x: self.self_attention(x, x, self_mask), deterministic)
-        if self.cross_attention:
-            hidden = self.cross_residual(
-                hidden, lambda x: self.encoder_attention(x, encoded, cross_mask), deterministic)
-        return self.feed_forward_residual(hidden, self.feed_forward, deterministic)
-
-    def cross_key_value(self, encoded: Array) -> tuple[Array, Array]:
-        """Cross-attention keys and values [B, S, H, K], computed once per source."""
-        return self.encoder_attention.project_key_value(encoded)
-
-    def decode_step(self, inputs: Array, layer_cache: dict, positions: Array,
-                    self_mask: Array, cross_mask: Array | None) -> tuple[Array, dict]:
-        """One new position per row.
+                 cross_mask: Array | None, deterministic: bool = True,
+                 cache: dict | None = None,
+                 cache_index: Array | None = None) -> tuple[Array, dict | None]:
+        """A block of T positions: inputs [B, T, D], encoded [B, S, D] -> [B, T, D], cache.
 
         Args:
-          inputs: [B, 1, D], the embedded token at ``positions``.
-          layer_cache: {"key", "value": [B, L, H, K]} (+ "cross_key", "cross_value"
-            [B, S, H, K] when the layer has cross-attention).
-          positions: int [B], cache slot to write.
-          self_mask: bool [B, 1, 1, L] over cache slots; cross_mask: [B, 1, 1, S].
+          encoded: the encoder output; None with a cache (its "cross" entry holds the keys).
+          self_mask: bool broadcastable to [B, 1, T, T], or [B, 1, T, L] with a cache.
+          cross_mask: bool broadcastable to [B, 1, T, S].
+          cache, cache_index: None (training), or the layer cache and the slot int [B] of
+            the block's first position (see MultiHeadAttention).
 
         Returns:
-          outputs [B, 1, D] and the updated layer cache.
+          outputs [B, T, D] and the updated layer cache (None without one).
         """
-        new_cache = dict(layer_cache)
-
-        def self_attend(x: Array) -> Array:
-            key, value = self.self_attention.project_key_value(x)          # [B, 1, H, K]
-            new_cache["key"] = _write(layer_cache["key"], key, positions)
-            new_cache["value"] = _write(layer_cache["value"], value, positions)
-            query = self.self_attention.project_query(x)
-            return self.self_attention.attend(query, new_cache["key"], new_cache["value"],
-                                              self_mask)
-
-        hidden = self.self_residual(inputs, self_attend, True)
+        cache = cache or {}
+        hidden, self_cache = self.self_residual(
+            inputs, lambda x: self.self_attention(x, x, self_mask, cache.get("self"),
+                                                  cache_index), deterministic)
+        new_cache = {"self": self_cache}
         if self.cross_attention:
-            hidden = self.cross_residual(
-                hidden,
-                lambda x: self.encoder_attention.attend(
-                    self.encoder_attention.project_query(x), layer_cache["cross_key"],
-                    layer_cache["cross_value"], cross_mask),
-                True)
-        return self.feed_forward_residual(hidden, self.feed_forward, True), new_cache
+            hidden, new_cache["cross"] = self.cross_residual(
+                hidden, lambda x: self.encoder_attention(x, encoded, cross_mask,
+                                                         cache.get("cross")), deterministic)
+        outputs, _ = self.feed_forward_residual(
+            hidden, lambda x: (self.feed_forward(x), None), deterministic)
+        return outputs, (new_cache if self_cache is not None else None)
 
-
-def _write(buffer: Array, update: Array, positions: Array) -> Array:
-    """Writes update [B, 1, H, K] into buffer [B, L, H, K] at slot positions[b] per row."""
-    def write_row(row_buffer, row_update, position):
-        return jax.lax.dynamic_update_slice(row_buffer, row_update.astype(row_buffer.dtype),
-                                            (position, 0, 0))
-    return jax.vmap(write_row)(buffer, update, positions)
+    def init_cache(self, batch_size: int, cache_length: int, encoded: Array | None) -> dict:
+        """Zeroed self-attention buffers [B, L, H, K], plus the keys of ``encoded``."""
+        config = self.config
+        shape = (batch_size, cache_length, config.num_heads, config.head_dim)
+        cache = {"self": {"key": jnp.zeros(shape, config.dtype),
+                          "value": jnp.zeros(shape, config.dtype)}}
+        if self.cross_attention:
+            cache["cross"] = self.encoder_attention.key_value_cache(encoded)
+        return cache
 
 
 class Embedder(nn.Module):

@@ -93,45 +93,42 @@ def decoder_mask(target_tokens: jnp.ndarray, pad_id: int = 0,
     return causal & segment_mask(target_segments, target_segments)
 
 
-def cross_mask(target_tokens: jnp.ndarray, source_tokens: jnp.ndarray, pad_id: int = 0,
+def cross_mask(source_tokens: jnp.ndarray, pad_id: int = 0,
                target_segments: jnp.ndarray | None = None,
                source_segments: jnp.ndarray | None = None) -> jnp.ndarray:
     """Encoder–decoder attention: non-pad source keys (of the query's own segment).
 
+    A query row of target padding needs no mask of its own: its output is never used.
+    For source tokens ``[[5, 7, 0]]`` every query row reads::
+
+        [[1, 1, 0]]
+
     Returns:
       bool [B, 1, 1, S], or [B, 1, T, S] with segments.
     """
-    del target_tokens  # a query row of padding is harmless: its output is never used
     if target_segments is None or source_segments is None:
         return padding_mask(source_tokens, pad_id)
     return segment_mask(target_segments, source_segments)
 
 
-def cache_mask(positions: jnp.ndarray, cache_length: int) -> jnp.ndarray:
-    """Self-attention of one new token per row over a fixed-size key/value cache.
+def cache_mask(positions: jnp.ndarray, cache_length: int, block_length: int = 1) -> jnp.ndarray:
+    """Self-attention of a block of new tokens per row over a fixed-size key/value cache.
 
-    Row b writes its token at ``positions[b]`` and may see cache slots 0..positions[b].
-    For positions ``[1]`` and a cache of 4::
+    Row b writes its block at slots ``positions[b] ..`` and query t of the block may see
+    slots 0 .. positions[b] + t (the slots past it are stale or empty). For positions
+    ``[1]``, a block of 2 and a cache of 4::
 
-        [[1, 1, 0, 0]]
+        [[1, 1, 0, 0],
+         [1, 1, 1, 0]]
 
     Args:
-      positions: int [B], the position being decoded in each row.
+      positions: int [B], the position of each row's first block token.
       cache_length: L, size of the cache buffers.
+      block_length: T, tokens per row in the block.
 
     Returns:
-      bool [B, 1, 1, L].
+      bool [B, 1, T, L].
     """
-    slots = jnp.arange(cache_length)[None, :]                           # [1, L]
-    return (slots <= positions[:, None])[:, None, None, :]
-
-
-def combine(*masks: jnp.ndarray | None) -> jnp.ndarray | None:
-    """Logical AND of masks that broadcast together; ``None`` entries are skipped."""
-    present = [mask for mask in masks if mask is not None]
-    if not present:
-        return None
-    combined = present[0]
-    for mask in present[1:]:
-        combined = combined & mask
-    return combined
+    slots = jnp.arange(cache_length)[None, None, :]                          # [1, 1, L]
+    last_visible = positions[:, None] + jnp.arange(block_length)[None, :]    # [B, T]
+    return (slots <= last_visible[:, :, None])[:, None, :, :]

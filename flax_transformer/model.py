@@ -1,12 +1,13 @@
 """The three models built from the same layers: encoder–decoder, encoder-only, decoder-only.
 
 Wiring only: embeddings, stacks of layers, masks from ``masks.py``, the output
-projection. Decoding goes through ``init_cache`` + ``decode_step`` with an explicit cache:
+projection. Training, one-token decoding and a whole-prompt prefill run the same
+decoder code; decoding goes through ``init_cache`` + ``extend`` with an explicit cache:
 
     cache = {"positions": int [B],                 # next position to write, per row
              "cross_mask": bool [B, 1, 1, S],      # encoder–decoder only
-             "layers": ({"key", "value": [B, L, H, K],
-                         "cross_key", "cross_value": [B, S, H, K]}, ...)}
+             "layers": ({"self": {"key", "value": [B, L, H, K]},
+                         "cross": {"key", "value": [B, S, H, K]}}, ...)}
 
 Every leaf has the batch as its leading axis, so beam search can reorder it with one
 gather.
@@ -39,7 +40,7 @@ class EncoderStack(nn.Module):
 
 
 class DecoderStack(nn.Module):
-    """N decoder layers, with or without cross-attention, full-sequence or one step."""
+    """N decoder layers, with or without cross-attention, over a block of any length."""
 
     config: ModelConfig
     cross_attention: bool = True
@@ -50,42 +51,25 @@ class DecoderStack(nn.Module):
         if self.config.norm == "pre_ln":
             self.final_norm = layer_norm(self.config)
 
-    def _finish(self, hidden: Array) -> Array:
-        return self.final_norm(hidden) if self.config.norm == "pre_ln" else hidden
-
     def __call__(self, hidden: Array, encoded: Array | None, self_mask: Array,
-                 cross_mask: Array | None, deterministic: bool = True) -> Array:
-        for layer in self.layers:
-            hidden = layer(hidden, encoded, self_mask, cross_mask, deterministic)
-        return self._finish(hidden)
+                 cross_mask: Array | None, deterministic: bool = True,
+                 caches: tuple[dict, ...] | None = None,
+                 cache_index: Array | None = None) -> tuple[Array, tuple[dict, ...] | None]:
+        """hidden [B, T, D] -> [B, T, D] and the layer caches (None without them)."""
+        new_caches = []
+        for index, layer in enumerate(self.layers):
+            hidden, layer_cache = layer(hidden, encoded, self_mask, cross_mask, deterministic,
+                                        None if caches is None else caches[index], cache_index)
+            new_caches.append(layer_cache)
+        if self.config.norm == "pre_ln":
+            hidden = self.final_norm(hidden)
+        return hidden, (None if caches is None else tuple(new_caches))
 
-    def init_layer_caches(self, batch_size: int, cache_length: int,
-                          encoded: Array | None) -> tuple[dict, ...]:
-        """Zeroed self-attention buffers, plus cross K/V computed once from ``encoded``."""
-        config = self.config
-        shape = (batch_size, cache_length, config.num_heads, config.head_dim)
-        caches = []
-        for layer in self.layers:
-            layer_cache = {"key": jnp.zeros(shape, config.dtype),
-                           "value": jnp.zeros(shape, config.dtype)}
-            if self.cross_attention:
-                layer_cache["cross_key"], layer_cache["cross_value"] = (
-                    layer.cross_key_value(encoded))
-            caches.append(layer_cache)
-        return tuple(caches)
-
-    def decode_step(self, hidden: Array, cache: dict) -> tuple[Array, dict]:
-        """hidden [B, 1, D] at cache["positions"] -> [B, 1, D] and the advanced cache."""
-        positions = cache["positions"]
-        cache_length = cache["layers"][0]["key"].shape[1]
-        self_mask = masks.cache_mask(positions, cache_length)                # [B, 1, 1, L]
-        new_layers = []
-        for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
-            hidden, layer_cache = layer.decode_step(
-                hidden, layer_cache, positions, self_mask, cache.get("cross_mask"))
-            new_layers.append(layer_cache)
-        new_cache = dict(cache, layers=tuple(new_layers), positions=positions + 1)
-        return self._finish(hidden), new_cache
+    def init_caches(self, batch_size: int, cache_length: int,
+                    encoded: Array | None) -> tuple[dict, ...]:
+        """One cache per layer (see DecoderLayer.init_cache)."""
+        return tuple(layer.init_cache(batch_size, cache_length, encoded)
+                     for layer in self.layers)
 
 
 class _OutputProjection(nn.Module):
@@ -98,6 +82,24 @@ class _OutputProjection(nn.Module):
         else:
             logits = dense(self.config, self.config.vocab_size, "projection")(hidden)
         return logits.astype(jnp.float32)                                    # [B, T, V]
+
+
+def _extend(decode_block, tokens: Array, cache: dict,
+            lengths: Array | None) -> tuple[Array, dict]:
+    """The cache bookkeeping of both decoders' ``extend``.
+
+    ``decode_block(tokens [B, T], positions [B, T], self_mask, caches, cache_index)`` ->
+    (logits [B, T, V], caches) is the model's own decoder, the one training runs.
+    """
+    positions = cache["positions"]                                          # [B]
+    block = tokens.shape[1]
+    cache_length = cache["layers"][0]["self"]["key"].shape[1]
+    self_mask = masks.cache_mask(positions, cache_length, block)            # [B, 1, T, L]
+    token_positions = positions[:, None] + jnp.arange(block)                # [B, T]
+    logits, layers = decode_block(tokens, token_positions, self_mask, cache["layers"],
+                                  positions)
+    advance = block if lengths is None else lengths
+    return logits, dict(cache, layers=layers, positions=positions + advance)
 
 
 class Transformer(nn.Module):
@@ -123,17 +125,25 @@ class Transformer(nn.Module):
         hidden = self.source_embedder(source_tokens, source_positions, deterministic)
         return self.encoder(hidden, mask, deterministic)
 
+    def _decode_block(self, tokens: Array, positions: Array | None, encoded: Array | None,
+                      self_mask: Array, cross_mask: Array, deterministic: bool,
+                      caches: tuple[dict, ...] | None = None,
+                      cache_index: Array | None = None) -> tuple[Array, tuple | None]:
+        """The one decoder path: embed, decoder stack, output projection."""
+        hidden = self._target()(tokens, positions, deterministic)
+        hidden, caches = self.decoder(hidden, encoded, self_mask, cross_mask, deterministic,
+                                      caches, cache_index)
+        return self.output_projection(hidden, self._target()), caches
+
     def decode(self, encoded: Array, source_tokens: Array, target_tokens: Array,
                source_segments: Array | None = None, target_segments: Array | None = None,
                target_positions: Array | None = None, deterministic: bool = True) -> Array:
         """Teacher-forced decoder: target_tokens int [B, T] (BOS-shifted) -> logits [B, T, V]."""
         pad_id = self.config.pad_id
         self_mask = masks.decoder_mask(target_tokens, pad_id, target_segments)
-        cross = masks.cross_mask(target_tokens, source_tokens, pad_id, target_segments,
-                                 source_segments)
-        hidden = self._target()(target_tokens, target_positions, deterministic)
-        hidden = self.decoder(hidden, encoded, self_mask, cross, deterministic)
-        return self.output_projection(hidden, self._target())
+        cross = masks.cross_mask(source_tokens, pad_id, target_segments, source_segments)
+        return self._decode_block(target_tokens, target_positions, encoded, self_mask, cross,
+                                  deterministic)[0]
 
     def __call__(self, source_tokens: Array, target_tokens: Array,
                  source_segments: Array | None = None, target_segments: Array | None = None,
@@ -149,15 +159,27 @@ class Transformer(nn.Module):
         batch_size = source_tokens.shape[0]
         return {
             "positions": jnp.zeros((batch_size,), jnp.int32),
-            "cross_mask": masks.padding_mask(source_tokens, self.config.pad_id),
-            "layers": self.decoder.init_layer_caches(batch_size, max_length, encoded),
+            "cross_mask": masks.cross_mask(source_tokens, self.config.pad_id),
+            "layers": self.decoder.init_caches(batch_size, max_length, encoded),
         }
 
-    def decode_step(self, tokens: Array, cache: dict) -> tuple[Array, dict]:
-        """tokens int [B] (the latest output per row) -> next-token logits [B, V], cache."""
-        hidden = self._target()(tokens[:, None], cache["positions"][:, None])  # [B, 1, D]
-        hidden, cache = self.decoder.decode_step(hidden, cache)
-        return self.output_projection(hidden, self._target())[:, 0], cache
+    def extend(self, tokens: Array, cache: dict,
+               lengths: Array | None = None) -> tuple[Array, dict]:
+        """Decodes a block with the cache: one token per row, or a whole prompt.
+
+        Args:
+          tokens: int [B, T], written at positions cache["positions"] ... + T - 1.
+          cache: from init_cache or an earlier call.
+          lengths: int [B], how far each row's position advances (default T); the slots
+            past it are overwritten by the next call.
+
+        Returns:
+          logits [B, T, V] and the advanced cache.
+        """
+        def decode_block(tokens, positions, self_mask, caches, cache_index):
+            return self._decode_block(tokens, positions, None, self_mask, cache["cross_mask"],
+                                      True, caches, cache_index)
+        return _extend(decode_block, tokens, cache, lengths)
 
 
 class DecoderOnly(nn.Module):
@@ -170,24 +192,32 @@ class DecoderOnly(nn.Module):
         self.decoder = DecoderStack(self.config, cross_attention=False)
         self.output_projection = _OutputProjection(self.config)
 
+    def _decode_block(self, tokens: Array, positions: Array | None, self_mask: Array,
+                      deterministic: bool, caches: tuple[dict, ...] | None = None,
+                      cache_index: Array | None = None) -> tuple[Array, tuple | None]:
+        hidden = self.embedder(tokens, positions, deterministic)
+        hidden, caches = self.decoder(hidden, None, self_mask, None, deterministic, caches,
+                                      cache_index)
+        return self.output_projection(hidden, self.embedder), caches
+
     def __call__(self, tokens: Array, segments: Array | None = None,
                  positions: Array | None = None, deterministic: bool = True) -> Array:
         """tokens int [B, T] -> next-token logits [B, T, V]."""
         self_mask = masks.decoder_mask(tokens, self.config.pad_id, segments)
-        hidden = self.embedder(tokens, positions, deterministic)
-        hidden = self.decoder(hidden, None, self_mask, None, deterministic)
-        return self.output_projection(hidden, self.embedder)
+        return self._decode_block(tokens, positions, self_mask, deterministic)[0]
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         """An empty cache for sequences (prompt + continuation) of up to ``max_length``."""
         return {"positions": jnp.zeros((batch_size,), jnp.int32),
-                "layers": self.decoder.init_layer_caches(batch_size, max_length, None)}
+                "layers": self.decoder.init_caches(batch_size, max_length, None)}
 
-    def decode_step(self, tokens: Array, cache: dict) -> tuple[Array, dict]:
-        """tokens int [B] at cache["positions"] -> next-token logits [B, V], cache."""
-        hidden = self.embedder(tokens[:, None], cache["positions"][:, None])
-        hidden, cache = self.decoder.decode_step(hidden, cache)
-        return self.output_projection(hidden, self.embedder)[:, 0], cache
+    def extend(self, tokens: Array, cache: dict,
+               lengths: Array | None = None) -> tuple[Array, dict]:
+        """tokens int [B, T] at cache["positions"] -> logits [B, T, V], cache (as
+        Transformer.extend): one token per row, or a whole prompt in one call."""
+        def decode_block(tokens, positions, self_mask, caches, cache_index):
+            return self._decode_block(tokens, positions, self_mask, True, caches, cache_index)
+        return _extend(decode_block, tokens, cache, lengths)
 
 
 class EncoderOnly(nn.Module):

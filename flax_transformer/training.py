@@ -24,12 +24,18 @@ Metrics = dict[str, tuple[jnp.ndarray, jnp.ndarray]]
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training; a pytree of arrays."""
+    """Everything that changes during training (a pytree of arrays), and the optimizer.
+
+    ``tx`` is built once by create_train_state and kept, as in Flax's TrainState, as a
+    static field: it is part of the tree's structure, never a leaf, so checkpoints hold
+    the arrays only.
+    """
 
     step: jnp.ndarray                 # int32 [], optimizer steps taken
     params: Any
     opt_state: Any
     ema_params: Any                   # same tree as params, or None when EMA is off
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
 def learning_rate_schedule(train: TrainConfig, d_model: int) -> optax.Schedule:
@@ -78,7 +84,7 @@ def create_train_state(config: Config, rng: jax.Array) -> TrainState:
     optimizer = make_optimizer(config.train, config.model.d_model)
     ema = params if config.train.ema_decay > 0 else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), ema_params=ema)
+                      opt_state=optimizer.init(params), ema_params=ema, tx=optimizer)
 
 
 def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
@@ -128,8 +134,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, config: Confi
 
     grads, (logits, loss_sum, weight) = jax.grad(loss_fn, has_aux=True)(state.params)
     grads = _psum(grads, axis_name)         # a sum of per-device shares of one global mean
-    optimizer = make_optimizer(config.train, config.model.d_model)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": (loss_sum, weight), **losses.token_metrics(logits, targets, weights),
                "grad_norm": (optax.global_norm(grads), jnp.float32(1.0))}

@@ -71,10 +71,11 @@ def test_partially_written_checkpoint_is_never_picked(tmp_path, host_state):
     assert fresh.restore(host_state)[2] == 1
 
 
-def test_average_last_is_the_mean_of_parameters(tmp_path, host_state):
+def test_averaged_params_are_the_mean_of_the_last_checkpoints(tmp_path, host_state):
     _save_steps(str(tmp_path), host_state, [1, 2, 3], keep=3).close()
-    step = checkpoint.average_last(str(tmp_path), host_state, count=2, keep=3)
-    assert step == 3
+    averaged, steps = checkpoint.average_params(str(tmp_path), host_state, count=2, keep=3)
+    assert steps == [2, 3]
+    checkpoint.save_averaged(str(tmp_path), averaged, steps)
     params, _, what = checkpoint.restore_params(str(tmp_path), host_state, "averaged")
     expected = jax.tree.map(lambda leaf: leaf + 2.5, host_state.params)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):

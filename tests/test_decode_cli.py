@@ -21,7 +21,7 @@ import sacrebleu
 from hypothesis import strategies as st
 
 import decode
-from flax_transformer import decoding, inference, loop
+from flax_transformer import inference, loop, translate
 from flax_transformer.data import number_words
 from tests.test_loop import _config, _write_corpus
 
@@ -109,7 +109,7 @@ def test_file_of_mixed_lengths_keeps_order_and_echoes_empty_lines(run_dir, resto
     assert outputs == one_by_one
     assert outputs[1] == outputs[4] == ""
     # Blank lines never reach the model: they encode to nothing, the others to pieces + EOS.
-    sequences, _ = inference.encode_sources(restored.tokenizer, lines, 64)
+    sequences, _ = translate.encode_sources(restored.tokenizer, lines, 64)
     assert [len(ids) > 0 for ids in sequences] == [True, False, True, True, False, True, True]
 
 
@@ -157,8 +157,8 @@ def test_attention_plot_draws_the_attention_weights(run_dir, restored, tmp_path,
     source = decoded.result.sources[1]
     max_length = restored.config.model.max_length  # an untrained model may never stop
     output = (decoded.result.outputs[1] + [restored.tokenizer.eos_id])[:max_length]
-    expected = decoding.attention_weights(restored.model, restored.params, np.array([source]),
-                                          np.array([output]), bos_id=restored.tokenizer.bos_id)
+    expected = translate.attention_weights(restored.model, restored.params, np.array([source]),
+                                           np.array([output]), bos_id=restored.tokenizer.bos_id)
     assert sorted(decoded.plots) == ["cross", "decoder_self", "encoder_self"]
     for kind, (_, plotted) in decoded.plots.items():
         layers = np.stack([np.asarray(layer[0]) for layer in expected[kind]])  # [L, H, Q, K]
@@ -173,7 +173,7 @@ def test_overlong_line_is_truncated_with_a_warning(run_dir, restored, capsys):
     max_length = restored.config.model.max_length
     assert f"warning: 1 line(s) longer than model.max_length={max_length}" in err
     assert len(outputs) == 2
-    sources, truncated = inference.encode_sources(restored.tokenizer, [long_line, "one"],
+    sources, truncated = translate.encode_sources(restored.tokenizer, [long_line, "one"],
                                                   max_length)
     assert truncated == 1 and len(sources[0]) == max_length
     assert sources[0][:-1] == restored.tokenizer.encode(long_line)[:max_length - 1]

@@ -1,6 +1,7 @@
-"""Tests of decoding.py: searches against hand-built models and independent references."""
+"""Tests of decoding.py: searches against hand-built models and independent references.
 
-import dataclasses
+The searches over a real Transformer / DecoderOnly are in test_translate.py."""
+
 import math
 
 import jax
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 
 from flax_transformer import decoding
-from flax_transformer.config import DecodeConfig, get_config
-from flax_transformer.model import DecoderOnly, Transformer
+from flax_transformer.config import DecodeConfig
 
 PAD, BOS, EOS = 0, 2, 3
 A, B, C, D = 4, 5, 6, 7          # the ordinary tokens of the hand-built models
@@ -18,52 +18,6 @@ VOCAB = 8
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def _tiny_config(decoder_layers=2):
-    # Untied output: randomly initialised tied models repeat one token, a weak test.
-    # Small stacks keep each XLA compile (the cost of these tests) near a second.
-    return dataclasses.replace(
-        get_config("tiny").model, vocab_size=32, d_model=32, num_heads=2, d_ff=64,
-        num_encoder_layers=1, num_decoder_layers=decoder_layers, max_length=32,
-        tie_output=False)
-
-
-@pytest.fixture(scope="module")
-def seq2seq():
-    model = Transformer(_tiny_config())
-    sources = np.random.RandomState(0).randint(4, 32, (4, 6)).astype(np.int32)
-    sources[1, 4:] = PAD
-    sources[3, 2:] = PAD
-    params = _random_params(model, sources, sources)
-    return model, params, jnp.asarray(sources)
-
-
-def _random_params(model, *inputs, seed=0):
-    """Random params of the right shapes without compiling Flax's init (seconds saved).
-
-    Matrices get variance 1/fan-in, vectors (biases, LayerNorm) small noise around 0 or 1.
-    """
-    shapes = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
-    rng = np.random.RandomState(seed)
-
-    def draw(path, leaf):
-        if leaf.ndim >= 2:
-            return rng.normal(0, leaf.shape[0] ** -0.5, leaf.shape).astype(np.float32)
-        centre = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return (centre + rng.normal(0, 0.1, leaf.shape)).astype(np.float32)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def _greedy_config(**changes):
-    return DecodeConfig(**{"method": "greedy", "max_extra_length": 8, **changes})
-
-
-@pytest.fixture(scope="module")
-def greedy_outputs(seq2seq):
-    model, params, sources = seq2seq
-    return decoding.make_translate_fn(model, _greedy_config(), bos_id=BOS, eos_id=EOS)(
-        params, sources)
 
 
 def table_model(log_probs, batch_size):
@@ -94,59 +48,7 @@ def _log_softmax(row):
     return row - np.log(np.sum(np.exp(row)))
 
 
-# --------------------------------------------------------------------------- caches
-
-
-def test_cached_greedy_equals_uncached_and_recomputed_cross(seq2seq, greedy_outputs):
-    model, params, sources = seq2seq
-    assert len(np.unique(np.asarray(greedy_outputs))) >= 4  # a non-degenerate model
-    for caching in ("none", "self_only"):
-        fn = decoding.make_translate_fn(model, _greedy_config(), bos_id=BOS, eos_id=EOS,
-                                        caching=caching)
-        np.testing.assert_array_equal(fn(params, sources), greedy_outputs)
-
-
-def _length(tokens):
-    """Tokens up to and including the first EOS (all of them without one)."""
-    ends = np.flatnonzero(np.asarray(tokens) == EOS)
-    return int(ends[0]) + 1 if len(ends) else len(tokens)
-
-
 # --------------------------------------------------------------------------- beam search
-
-
-def test_beam_scores_are_teacher_forced_log_probs_over_length_penalty(seq2seq):
-    """Wrong cache reordering would decode a hypothesis from another beam's cache."""
-    model, params, sources = seq2seq
-    alpha, beams, max_length = 0.6, 3, 10
-
-    @jax.jit
-    def search(params, sources):
-        tokens_to_logits, cache = decoding.seq2seq_decoder(model, params, sources, max_length)
-        return decoding.beam_search(tokens_to_logits, cache, beam_size=beams,
-                                    length_penalty=alpha, bos_id=BOS, eos_id=EOS,
-                                    max_length=max_length)
-    tokens, scores = search(params, sources)
-    flat = np.asarray(tokens).reshape(4 * beams, max_length)
-    target_input = np.concatenate([np.full((4 * beams, 1), BOS), flat[:, :-1]], axis=1)
-    logits = jax.jit(model.apply)({"params": params}, np.repeat(sources, beams, 0),
-                                  target_input)
-    log_probs = np.asarray(jax.nn.log_softmax(logits.at[..., PAD].set(-jnp.inf)))
-    picked = np.take_along_axis(log_probs, flat[..., None], -1)[..., 0]
-    lengths = np.array([_length(row) for row in flat])
-    totals = np.where(np.arange(max_length) < lengths[:, None], picked, 0).sum(-1)
-    expected = totals / ((5 + lengths) / 6) ** alpha
-    np.testing.assert_allclose(np.asarray(scores).reshape(-1), expected, rtol=1e-4)
-    for row in np.asarray(tokens):
-        assert len({tuple(hypothesis) for hypothesis in row}) == beams
-
-
-def test_beam_size_one_without_penalty_equals_greedy(seq2seq, greedy_outputs):
-    model, params, sources = seq2seq
-    config = DecodeConfig(method="beam", beam_size=1, length_penalty=0.0,
-                          max_extra_length=8)
-    beam = decoding.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS)(params, sources)
-    np.testing.assert_array_equal(beam, greedy_outputs)
 
 
 def test_beam_finds_the_best_sequence_greedy_misses():
@@ -325,107 +227,37 @@ def test_beam_ranks_finished_hypotheses_before_ones_cut_at_max_length():
     np.testing.assert_allclose(scores[0], np.log([0.1, 0.85 * 0.99]), atol=1e-4)
 
 
-# --------------------------------------------------------------------------- buckets
+# --------------------------------------------------------------------------- prefill, dispatch
 
 
-def test_bucket_length_and_default_buckets():
-    assert decoding.default_buckets(40) == (8, 16, 32, 40)
-    assert [decoding.bucket_length(n, (8, 16)) for n in (1, 8, 9, 16)] == [8, 8, 16, 16]
-    with pytest.raises(ValueError, match="longer than the largest bucket"):
-        decoding.bucket_length(17, (8, 16))
+def test_prefill_feeds_every_prompt_but_its_last_token_in_one_call():
+    prompts = jnp.array([[A, B, C], [D, PAD, PAD], [B, A, PAD]])
+    calls = []
+
+    def prompt_to_cache(tokens, lengths, cache):
+        calls.append((np.asarray(tokens), np.asarray(lengths)))
+        return {"fed": cache["fed"] + lengths}
+    last, cache = decoding.prefill(prompt_to_cache, {"fed": jnp.zeros(3, jnp.int32)},
+                                   prompts, jnp.array([3, 1, 2]))
+    assert len(calls) == 1
+    np.testing.assert_array_equal(calls[0][0], prompts)
+    np.testing.assert_array_equal(calls[0][1], [2, 0, 1])
+    np.testing.assert_array_equal(last, [C, D, A])
+    np.testing.assert_array_equal(cache["fed"], [2, 0, 1])
 
 
-def test_bucket_batches_fixed_shape_per_bucket_and_every_sequence_once():
-    sequences = [[5] * n for n in (3, 12, 0, 7, 1, 16, 9, 2)]
-    batches = list(decoding.bucket_batches(sequences, (8, 16), tokens_per_batch=32))
-    # Bucket 8 holds 4 sequences (budget 32 // 8 = 4 rows): one batch. Bucket 16 holds 3
-    # (budget 2 rows): two batches of 2 rows, the second with a filler row.
-    assert [batch.tokens.shape for batch in batches] == [(4, 8), (2, 16), (2, 16)]
-    seen = np.concatenate([batch.indices[batch.indices >= 0] for batch in batches])
-    assert sorted(seen.tolist()) == [0, 1, 3, 4, 5, 6, 7]  # the empty sequence is skipped
-    for batch in batches:
-        for index, row in zip(batch.indices, batch.tokens, strict=True):
-            expected = sequences[index] if index >= 0 else []
-            np.testing.assert_array_equal(row[:len(expected)], expected)
-            assert np.all(row[len(expected):] == PAD)
-
-
-def test_file_of_many_lengths_compiles_once_per_bucket(seq2seq):
-    model, params, _ = seq2seq
-    config = _greedy_config(max_extra_length=4)
-    translate_fn = decoding.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS)
-    rng = np.random.RandomState(2)
-    lengths = [*range(1, 17), *range(1, 6), *range(9, 12)]  # 13 and 11 per bucket
-    sequences = [rng.randint(4, 32, size=length).tolist() for length in lengths]
-    sequences.insert(5, [])
-    outputs = decoding.translate_all(translate_fn, params, sequences, buckets=(8, 16),
-                                     tokens_per_batch=64, eos_id=EOS)
-    assert translate_fn._cache_size() == 2
-    assert outputs[5] == [] and sum(len(output) for output in outputs) > 80
-    # Input order is kept whatever batches the sentences land in, with no new compile.
-    reversed_outputs = decoding.translate_all(translate_fn, params, sequences[::-1],
-                                              buckets=(8, 16), tokens_per_batch=64, eos_id=EOS)
-    assert reversed_outputs == outputs[::-1]
-    assert translate_fn._cache_size() == 2
-
-
-# --------------------------------------------------------------------------- decoder-only
-
-
-@pytest.fixture(scope="module")
-def language_model():
-    model = DecoderOnly(_tiny_config(decoder_layers=1))
-    prompts = np.zeros((3, 6), np.int32)
-    for row, length in enumerate((3, 6, 1)):
-        prompts[row, :length] = np.random.RandomState(row).randint(4, 32, length)
-    return model, _random_params(model, prompts, seed=1), prompts
-
-
-def test_continuation_equals_step_by_step_argmax_of_full_forward(language_model):
-    model, params, prompts = language_model
-    new_tokens = 7
-    continuation = decoding.make_continue_fn(model, _greedy_config(), eos_id=EOS,
-                                             max_new_tokens=new_tokens)(params, prompts)
-    assert continuation.shape == (3, new_tokens)
-    forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
-    lengths = (prompts != PAD).sum(1)
-    buffer = np.zeros((3, prompts.shape[1] + new_tokens), np.int32)
-    buffer[:, :prompts.shape[1]] = prompts
-    expected = np.full((3, new_tokens), PAD)
-    done = np.zeros(3, bool)
-    for step in range(new_tokens):
-        logits = np.array(forward(buffer))
-        logits[..., PAD] = -np.inf
-        for row in np.flatnonzero(~done):
-            token = logits[row, lengths[row] - 1 + step].argmax()
-            buffer[row, lengths[row] + step] = expected[row, step] = token
-            done[row] = token == EOS
-    np.testing.assert_array_equal(continuation, expected)
-    assert len(np.unique(expected)) >= 4
-
-
-def test_continuation_uncached_and_beam_one_agree_with_cached(language_model):
-    model, params, prompts = language_model
-    common = dict(eos_id=EOS, max_new_tokens=7)
-    cached = decoding.make_continue_fn(model, _greedy_config(), **common)(params, prompts)
-    uncached = decoding.make_continue_fn(model, _greedy_config(), caching="none",
-                                         **common)(params, prompts)
-    beam = decoding.make_continue_fn(
-        model, DecodeConfig(method="beam", beam_size=1, length_penalty=0.0),
-        **common)(params, prompts)
-    np.testing.assert_array_equal(uncached, cached)
-    np.testing.assert_array_equal(beam, cached)
-
-
-# --------------------------------------------------------------------------- attention maps
-
-
-def test_attention_weights_are_distributions_over_real_source_tokens(seq2seq, greedy_outputs):
-    model, params, sources = seq2seq
-    maps = _jitted(decoding.attention_weights, model, params, sources, greedy_outputs,
-                   bos_id=BOS)
-    assert [len(maps[name]) for name in ("encoder_self", "decoder_self", "cross")] == [1, 2, 2]
-    cross = np.asarray(maps["cross"][1])
-    assert cross.shape == (4, 2, greedy_outputs.shape[1], sources.shape[1])
-    np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
-    assert np.all(cross.transpose(0, 3, 1, 2)[np.asarray(sources == PAD)] == 0)
+def test_search_dispatches_on_the_configs_method():
+    table = _table(3, {(0, BOS): {A: 0.6, B: 0.4},
+                       (1, A): {A: 0.3, B: 0.25, C: 0.25, D: 0.2},
+                       (1, B): {C: 0.9, D: 0.1},
+                       **{(2, token): {EOS: 1.0} for token in (A, B, C, D)}})
+    common = dict(bos_id=BOS, eos_id=EOS, max_length=5)
+    greedy = _jitted(decoding.search, *table_model(table, 1),
+                     DecodeConfig(method="greedy"), **common)
+    beam = _jitted(decoding.search, *table_model(table, 1),
+                   DecodeConfig(method="beam", beam_size=2, length_penalty=0.0), **common)
+    sampled = _jitted(decoding.search, *table_model(table, 1),
+                      DecodeConfig(method="sample", top_k=1), **common)
+    np.testing.assert_array_equal(greedy[0], [A, A, EOS, PAD, PAD])
+    np.testing.assert_array_equal(beam[0], [B, C, EOS, PAD, PAD])
+    np.testing.assert_array_equal(sampled, greedy)

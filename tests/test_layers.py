@@ -136,16 +136,41 @@ def test_decoder_layer_matches_paper_equations(norm):
     source_tokens = np.array([[3, 4, 5, 6, 7], [3, 4, 0, 0, 0]])
     target_tokens = np.array([[2, 8, 9, 10], [2, 8, 9, 0]])
     self_mask = masks.decoder_mask(target_tokens)                       # [B, 1, T, T]
-    cross = masks.cross_mask(target_tokens, source_tokens)              # [B, 1, 1, S]
+    cross = masks.cross_mask(source_tokens)              # [B, 1, 1, S]
     layer = DecoderLayer(config)
     params = _random_params(layer, 6, inputs, encoded, self_mask, cross)
-    outputs = jax.jit(layer.apply)({"params": params}, inputs, encoded, self_mask, cross)
+    outputs, cache = jax.jit(layer.apply)({"params": params}, inputs, encoded, self_mask, cross)
+    assert cache is None
     expected = ref_decoder_layer(np.float64(inputs), np.float64(encoded), _f64(params),
                                  np.asarray(self_mask[:, 0]),
                                  np.broadcast_to(cross[:, 0], (2, 4, 5)), 4, norm)
     diff = np.max(np.abs(np.asarray(outputs) - expected))
     print(f"DecoderLayer ({norm}) max |diff| vs float64 reference: {diff:.3e}")
     assert diff < 1e-5
+
+
+@pytest.mark.parametrize("norm, blocks", [("post_ln", (4,)), ("post_ln", (1, 1, 1, 1)),
+                                         ("pre_ln", (3, 1)), ("pre_ln", (1, 2, 1))])
+def test_decoder_layer_with_a_cache_equals_it_without_for_blocks_of_any_length(norm, blocks):
+    """Prefill (a block), one-token steps and training are one code path: same outputs."""
+    config = small_config(norm=norm)
+    inputs, encoded = _inputs(3, (2, 4, 16)), _inputs(4, (2, 5, 16))
+    source_tokens = np.array([[3, 4, 5, 6, 7], [3, 4, 0, 0, 0]])
+    self_mask = masks.causal_mask(4)[None, None]
+    cross = masks.cross_mask(source_tokens)
+    layer = DecoderLayer(config)
+    variables = {"params": _random_params(layer, 6, inputs, encoded, self_mask, cross)}
+    expected, _ = layer.apply(variables, inputs, encoded, self_mask, cross)
+    cache = layer.apply(variables, 2, 6, encoded, method="init_cache")    # L = 6 > T
+    start, pieces = 0, []
+    for length in blocks:
+        index = np.full((2,), start, np.int32)
+        outputs, cache = layer.apply(variables, inputs[:, start:start + length], None,
+                                     masks.cache_mask(index, 6, length), cross,
+                                     cache=cache, cache_index=index)
+        pieces.append(outputs)
+        start += length
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), expected, atol=1e-5)
 
 
 def test_feed_forward_is_relu_mlp():

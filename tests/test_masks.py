@@ -69,13 +69,12 @@ def test_decoder_mask_with_segments_is_block_causal():
 
 def test_encoder_and_cross_masks():
     source = np.array([[5, 6, 0]])
-    target = np.array([[2, 8]])
     np.testing.assert_array_equal(masks.encoder_mask(source)[0, 0], [[1, 1, 0]])
-    np.testing.assert_array_equal(masks.cross_mask(target, source)[0, 0], [[1, 1, 0]])
+    np.testing.assert_array_equal(masks.cross_mask(source)[0, 0], [[1, 1, 0]])
     source_segments = np.array([[1, 2, 0]])
     target_segments = np.array([[1, 2]])
     np.testing.assert_array_equal(
-        masks.cross_mask(target, source, 0, target_segments, source_segments)[0, 0],
+        masks.cross_mask(source, 0, target_segments, source_segments)[0, 0],
         [[1, 0, 0],
          [0, 1, 0]])
 
@@ -98,8 +97,10 @@ def test_cache_mask_row_equals_decoder_mask_row():
             masks.cache_mask(np.array([position]), length)[0, 0, 0], full[position])
 
 
-def test_combine_ands_and_skips_none():
-    first = np.array([[True, True, False]])
-    second = np.array([[True, False, True]])
-    np.testing.assert_array_equal(masks.combine(first, None, second), [[1, 0, 0]])
-    assert masks.combine(None, None) is None
+def test_cache_mask_of_a_block_equals_the_rows_of_the_decoder_mask():
+    length = 6
+    full = masks.causal_mask(length)
+    for start in range(length):
+        block = masks.cache_mask(np.array([start]), length, length - start)
+        assert block.shape == (1, 1, length - start, length)
+        np.testing.assert_array_equal(block[0, 0], full[start:])

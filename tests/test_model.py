@@ -184,13 +184,21 @@ def _assert_close_at_non_pad(cached, parallel, tokens, name):
 
 
 def _one_position_at_a_time(model, variables, cache, tokens):
-    """Feeds tokens [B, T] through decode_step one position at a time -> logits [B, T, V]."""
+    """Feeds tokens [B, T] through extend one position at a time -> logits [B, T, V]."""
     def step(cache, position_tokens):
-        logits, cache = model.apply(variables, position_tokens, cache, method="decode_step")
-        return cache, logits
+        logits, cache = model.apply(variables, position_tokens[:, None], cache,
+                                    method="extend")
+        return cache, logits[:, 0]
 
     _, logits = jax.lax.scan(step, cache, tokens.T)                     # [T, B, V]
     return logits.transpose(1, 0, 2)
+
+
+def _two_blocks(model, variables, cache, tokens, split=3):
+    """Feeds tokens [B, T] through extend as two blocks (a prefill, then the rest)."""
+    first, cache = model.apply(variables, tokens[:, :split], cache, method="extend")
+    rest, _ = model.apply(variables, tokens[:, split:], cache, method="extend")
+    return jnp.concatenate([first, rest], axis=1)
 
 
 @pytest.mark.parametrize("norm, share, tie", [("post_ln", True, True), ("pre_ln", False, False)])
@@ -204,10 +212,14 @@ def test_transformer_cached_decoding_equals_parallel_decoder(norm, share, tie):
         # A cache longer than the target: its unused zero slots must stay masked.
         cache = model.apply(variables, encoded, SOURCE, TARGET.shape[1] + 3,
                             method="init_cache")
-        return _one_position_at_a_time(model, variables, cache, TARGET)
+        return (_one_position_at_a_time(model, variables, cache, TARGET),
+                _two_blocks(model, variables, cache, TARGET))
 
-    _assert_close_at_non_pad(cached_logits(variables), apply(variables, SOURCE, TARGET),
-                             TARGET, f"Transformer {norm} share={share} tie={tie}")
+    parallel = apply(variables, SOURCE, TARGET)
+    stepped, blocks = cached_logits(variables)
+    name = f"Transformer {norm} share={share} tie={tie}"
+    _assert_close_at_non_pad(stepped, parallel, TARGET, name)
+    _assert_close_at_non_pad(blocks, parallel, TARGET, f"{name}, two blocks")
 
 
 @pytest.mark.parametrize("norm, tie", [("post_ln", True), ("pre_ln", False)])
@@ -217,10 +229,13 @@ def test_decoder_only_cached_decoding_equals_parallel(norm, tie):
     @jax.jit
     def cached_logits(variables):
         cache = model.apply(variables, len(TARGET), TARGET.shape[1] + 2, method="init_cache")
-        return _one_position_at_a_time(model, variables, cache, TARGET)
+        return (_one_position_at_a_time(model, variables, cache, TARGET),
+                _two_blocks(model, variables, cache, TARGET))
 
-    _assert_close_at_non_pad(cached_logits(variables), apply(variables, TARGET), TARGET,
-                             f"DecoderOnly {norm} tie={tie}")
+    parallel = apply(variables, TARGET)
+    stepped, blocks = cached_logits(variables)
+    _assert_close_at_non_pad(stepped, parallel, TARGET, f"DecoderOnly {norm} tie={tie}")
+    _assert_close_at_non_pad(blocks, parallel, TARGET, f"DecoderOnly {norm} tie={tie}, blocks")
 
 
 # ----------------------------------------------------------------- parameter counts

@@ -141,3 +141,20 @@ def test_parameter_count_of_the_micro_model():
     norms = 2 * d
     expected = v * d + (attention + ffn + 2 * norms) + (2 * attention + ffn + 3 * norms)
     assert training.parameter_count(config.model) == expected
+
+
+def test_train_step_applies_the_states_own_optimizer():
+    """The optimizer is built once (create_train_state) and carried as state.tx."""
+    config = micro_config()
+    state = training.create_train_state(config, jax.random.key(0))
+    assert jax.tree.leaves(state) == jax.tree.leaves(
+        (state.step, state.params, state.opt_state, state.ema_params))  # tx is no leaf
+    frozen = optax.set_to_zero()
+    state = state.replace(tx=frozen, opt_state=frozen.init(state.params))
+    batch = random_batch(np.random.default_rng(5))
+    new_state, _ = jax.jit(lambda s, b: training.train_step(s, b, jax.random.key(0),
+                                                            config=config))(state, batch)
+    assert int(new_state.step) == 1 and new_state.tx is frozen
+    for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)

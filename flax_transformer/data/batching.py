@@ -3,12 +3,14 @@
 A plan says which pair goes to which row and column of which batch; it depends only on
 the pair lengths, the config, the seed and the epoch, so that a (epoch, batch) counter
 is a complete, exact iterator state. Shapes come from a small fixed set: one
-[rows(L), L] per bucket length L, so jit compiles a handful of times.
+[rows(L), L] per bucket length L, so jit compiles a handful of times. The same buckets
+batch the sources that decode.py and the validation BLEU translate (``source_batches``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -64,6 +66,19 @@ def unpacked_plan(example: np.ndarray, length: int, rows: int) -> BatchPlan:
                      np.ones(count, np.int32))
 
 
+def group_by_bucket(order: np.ndarray, lengths: np.ndarray,
+                    buckets: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+    """(bucket length, the examples of ``order`` it holds, in order) for every bucket.
+
+    An example goes to the smallest bucket that holds its ``lengths[example]`` tokens.
+    """
+    bucket_of = np.searchsorted(np.asarray(buckets), lengths[order])
+    if np.any(bucket_of == len(buckets)):
+        raise DataError(f"a sequence of {int(lengths[order].max())} tokens is longer than the "
+                        f"largest bucket {buckets[-1]}; truncate it or add a larger bucket.")
+    return [(length, order[bucket_of == index]) for index, length in enumerate(buckets)]
+
+
 def bucketed_plans(order: np.ndarray, lengths: np.ndarray, buckets: tuple[int, ...],
                    tokens_per_batch: int, multiple: int) -> list[BatchPlan]:
     """One pair a row: pairs in ``order`` go to the smallest bucket that holds them.
@@ -78,10 +93,8 @@ def bucketed_plans(order: np.ndarray, lengths: np.ndarray, buckets: tuple[int, .
     Returns:
       plans, bucket by bucket; a bucket's last batch may have filler rows.
     """
-    bucket_of = np.searchsorted(np.asarray(buckets), lengths[order])
     plans = []
-    for index, length in enumerate(buckets):
-        members = order[bucket_of == index]
+    for length, members in group_by_bucket(order, lengths, buckets):
         rows = rows_per_batch(length, tokens_per_batch, multiple)
         plans += [unpacked_plan(members[start:start + rows], length, rows)
                   for start in range(0, len(members), rows)]
@@ -189,3 +202,40 @@ def assemble(plan: BatchPlan, pairs: TokenizedPairs, row_start: int, row_stop: i
             batch[f"{name}_positions"] = np.zeros(shape, np.int32)
             batch[f"{name}_positions"].flat[flat_index] = offset
     return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceBatch:
+    """Sources to decode, padded to one bucket shape.
+
+    Attributes:
+      indices: int [B], position of each row in the input list; -1 for a filler row.
+      tokens: int32 [B, S], right-padded with pad_id (filler rows are all pad).
+    """
+
+    indices: np.ndarray
+    tokens: np.ndarray
+
+
+def source_batches(sequences: Sequence[Sequence[int]], buckets: Sequence[int], *,
+                   tokens_per_batch: int, pad_id: int = 0) -> Iterator[SourceBatch]:
+    """Sources grouped by bucket into batches of one fixed shape per bucket (for decoding).
+
+    Every batch of a bucket has the same [rows, bucket] shape (filler rows pad the last
+    one), so decoding a whole file compiles at most len(buckets) times. Rows are
+    tokens_per_batch // bucket (source tokens only: decoding has no target batch), or
+    fewer (a power of two) when the bucket holds fewer sequences. Empty sequences are
+    left out (nothing to decode).
+    """
+    lengths = np.asarray([len(sequence) for sequence in sequences], np.int64)
+    for bucket, members in group_by_bucket(np.flatnonzero(lengths > 0), lengths, buckets):
+        budget = max(1, tokens_per_batch // bucket)
+        rows = min(budget, 1 << max(0, len(members) - 1).bit_length())
+        for start in range(0, len(members), rows):
+            chunk = members[start:start + rows]
+            indices = np.full((rows,), -1, np.int64)
+            indices[:len(chunk)] = chunk
+            tokens = np.full((rows, bucket), pad_id, np.int32)
+            for row, index in enumerate(chunk.tolist()):
+                tokens[row, :lengths[index]] = sequences[index]
+            yield SourceBatch(indices=indices, tokens=tokens)

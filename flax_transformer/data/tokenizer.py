@@ -85,12 +85,17 @@ class Tokenizer:
         """Many texts at once (SentencePiece spreads them over threads)."""
         return self._processor.encode(texts)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids`` up to the first EOS; padding and BOS are skipped."""
+    @staticmethod
+    def content_ids(ids: Sequence[int]) -> list[int]:
+        """``ids`` up to the first EOS, without padding and BOS: what ``decode`` reads."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         if EOS_ID in ids:
             ids = ids[: ids.index(EOS_ID)]
-        return self._processor.decode([i for i in ids if i not in (PAD_ID, BOS_ID)])
+        return [i for i in ids if i not in (PAD_ID, BOS_ID)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids`` up to the first EOS; padding and BOS are skipped."""
+        return self._processor.decode(self.content_ids(ids))
 
     def id_to_piece(self, ids: Sequence[int]) -> list[str]:
         return [self._processor.id_to_piece(int(i)) for i in np.asarray(ids).reshape(-1)]
