@@ -83,6 +83,11 @@ def load_data(config: Config, workdir: str) -> tuple[dict, Any]:
     return loaded or load()
 
 
+def _batch_data(config: Config) -> Any:
+    """The data config batches are planned with (one-sided rows for the monolingual kinds)."""
+    return data.batch_config(config.data) if config.model.monolingual else config.data
+
+
 def _setup(config: Config, workdir: str) -> _Run:
     splits, tokenizer = load_data(config, workdir)
     # A small corpus may yield fewer pieces than asked for; more would overflow the embedding.
@@ -91,9 +96,8 @@ def _setup(config: Config, workdir: str) -> _Run:
             f"the tokenizer in {workdir} has {tokenizer.vocab_size} pieces but "
             f"model.vocab_size={config.model.vocab_size}; use a fresh --workdir.")
     strategy = parallel.make_strategy(config)
-    data_config = data.batch_config(config.data) if config.model.monolingual else config.data
     train_batches = data.train_batches(
-        splits["train"], tokenizer, data_config, batch_multiple=strategy.batch_multiple,
+        splits["train"], tokenizer, _batch_data(config), batch_multiple=strategy.batch_multiple,
         process_index=jax.process_index(), process_count=jax.process_count())
     validation = evaluation.first_examples(splits["validation"], config.eval.max_examples)
     evaluator = evaluation.Evaluator(config, validation, tokenizer, strategy)
@@ -129,7 +133,7 @@ def _announce(run: _Run) -> None:
     print(f"data: {describe(config.data)}; "
           f"{config.data.tokens_per_batch} tokens per batch; workdir {run.workdir}")
     length = config.data.max_length
-    rows = max(config.data.tokens_per_batch // (2 * length), 1)
+    rows = max(_batch_data(config).tokens_per_batch // (2 * length), 1)
     flops = training.train_flops_per_step(config.model, rows, length, length)
     peak = config.train.peak_flops
     print(f"model FLOPs per step: {flops / 1e9:.1f} GFLOP for a full [{rows}, {length}] batch; "
