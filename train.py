@@ -3,6 +3,8 @@
     python train.py                                    # default: number_words, runs/default
     python train.py --config base --config.data.dataset=wmt14_translate/de-en --workdir runs/wmt
     python train.py --config multi30k --config.data.train_files=../shared/data/multi30k/train ...
+    python train.py --config lm                        # GPT-like LM on the German side
+    python train.py --config mlm                       # BERT-like masked-token model
     python train.py --help                             # every config field with its doc
 
 Running the same command again resumes from the newest checkpoint in the workdir.

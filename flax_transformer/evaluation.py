@@ -100,16 +100,47 @@ def digit_class_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def first_examples(split: Any, count: int) -> Any:
+    """The first ``count`` examples of ``split`` (all of it when count is 0)."""
+    if not count or count >= len(split):
+        return split
+    return [split[index] for index in range(count)]
+
+
+def most_frequent_token_accuracy(batches: list[dict]) -> float:
+    """Accuracy of always answering the commonest token of the scored positions of an
+    encoder_only run's validation batches ("mask_weights" > 0): the baseline to beat."""
+    targets = np.concatenate([batch["target_output"][batch["mask_weights"] > 0]
+                              for batch in batches])
+    return float(np.bincount(targets).max() / len(targets)) if len(targets) else 0.0
+
+
 class Evaluator:
-    """Evaluates a training state on the validation split."""
+    """Evaluates a training state on the validation split.
+
+    Every model kind gets loss, NLL, perplexity and token accuracy (encoder_only: at the
+    masked positions, plus ``baseline_accuracy``); translation adds BLEU, chrF and exact
+    match of greedy outputs. ``loss_batches`` counts the batches the loss covered.
+    """
 
     def __init__(self, config: Config, split: Any, tokenizer: Any, strategy: Any,
-                 max_examples: int | None = None):
-        """max_examples: sentences decoded for BLEU; None = data.eval_examples, 0 = all."""
+                 max_examples: int | None = None, max_batches: int | None = None):
+        """max_examples: sentences decoded for BLEU; None = data.eval_examples, 0 = all.
+        max_batches: loss batches; None = eval.max_batches, 0 = all."""
         self.config = config
         self.strategy = strategy
         self.tokenizer = tokenizer
         self.split = split
+        self.max_batches = config.eval.max_batches if max_batches is None else max_batches
+        self.data_config = (data.batch_config(config.data) if config.model.monolingual
+                            else config.data)
+        self.sources, self.references, self.translate_fn = [], [], None
+        if config.model.kind == "encoder_decoder":
+            self._prepare_translation(max_examples)
+        self.signature_printed = False
+
+    def _prepare_translation(self, max_examples: int | None) -> None:
+        config, split, tokenizer = self.config, self.split, self.tokenizer
         count = config.data.eval_examples if max_examples is None else max_examples
         count = min(count, len(split)) if count else len(split)
         pairs = [split[index] for index in range(count)]
@@ -122,14 +153,18 @@ class Evaluator:
         self.translate_fn = translate.make_translate_fn(
             Transformer(config.model), greedy, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id)
-        self.signature_printed = False
 
     @functools.cached_property
     def loss_batches(self) -> list[dict]:
-        """Every example of the split in device-divisible batches; built on first use only
-        (the test report decodes but never needs them)."""
-        return data.eval_batches(self.split, self.tokenizer, self.config.data,
-                                 self.strategy.batch_multiple)
+        """The split's examples in device-divisible batches (the first eval.max_batches);
+        built on first use only (the test report of a translation run never needs them)."""
+        batches = data.eval_batches(self.split, self.tokenizer, self.data_config,
+                                    self.strategy.batch_multiple)
+        if self.max_batches:
+            batches = batches[:self.max_batches]
+        return [training.add_eval_masks({k: v for k, v in batch.items() if k != "index"},
+                                        self.config, index)
+                for index, batch in enumerate(batches)]
 
     def translations(self, params: Any) -> list[str]:
         """Greedy outputs for the first eval_examples validation sources, in order, batched
@@ -141,14 +176,23 @@ class Evaluator:
             tokens_per_batch=self.config.decode.tokens_per_batch, pad_id=self.tokenizer.pad_id)
         return [self.tokenizer.decode(row) for row in rows]
 
-    def evaluate(self, state: Any) -> dict:
-        """Loss, perplexity, accuracy, BLEU and exact match on the validation split."""
+    def loss_metrics(self, state: Any) -> dict:
+        """Loss, NLL, perplexity and accuracy over ``loss_batches`` (no decoding)."""
         metrics = None
         for batch in self.loss_batches:
-            batch = {k: v for k, v in batch.items() if k != "index"}
             metrics = training.add_metrics(
                 metrics, self.strategy.eval_step(state, self.strategy.put_batch(batch)))
         results = training.summarize(jax.device_get(metrics))
+        results["loss_batches"] = len(self.loss_batches)
+        if self.config.model.kind == "encoder_only":
+            results["baseline_accuracy"] = most_frequent_token_accuracy(self.loss_batches)
+        return results
+
+    def evaluate(self, state: Any) -> dict:
+        """Loss metrics, and for translation BLEU, chrF and exact match (greedy)."""
+        results = self.loss_metrics(state)
+        if self.translate_fn is None:
+            return results
         params = self.strategy.get_params(state)
         hypotheses = self.translations(params)
         results["bleu"], signature = bleu(hypotheses, self.references)
@@ -158,3 +202,12 @@ class Evaluator:
             print(f"BLEU signature: {signature}")
             self.signature_printed = True
         return results
+
+
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def score(results: dict, metric: str) -> float:
+    """The checkpoint score of ``results`` for train.best_metric: higher is better."""
+    value = float(results[metric])
+    return -value if metric in LOWER_IS_BETTER else value

@@ -73,11 +73,20 @@ def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> None:
 def load_data(config: Config, workdir: str) -> tuple[dict, Any]:
     """Splits and tokenizer; process 0 prepares them first, the others then read them."""
     def load():
-        splits = data.load_splits(config.data, workdir)
-        return splits, data.get_tokenizer(config.data, workdir, splits["train"])
+        if config.model.monolingual:
+            splits = data.load_text_splits(config.data, workdir)
+        else:
+            splits = data.load_splits(config.data, workdir)
+        symbols = (data.MASK_PIECE,) if config.model.kind == "encoder_only" else ()
+        return splits, data.get_tokenizer(config.data, workdir, splits["train"], symbols)
     loaded = load() if jax.process_index() == 0 else None
     parallel.barrier("data prepared")
     return loaded or load()
+
+
+def _batch_data(config: Config) -> Any:
+    """The data config batches are planned with (one-sided rows for the monolingual kinds)."""
+    return data.batch_config(config.data) if config.model.monolingual else config.data
 
 
 def _setup(config: Config, workdir: str) -> _Run:
@@ -89,9 +98,10 @@ def _setup(config: Config, workdir: str) -> _Run:
             f"model.vocab_size={config.model.vocab_size}; use a fresh --workdir.")
     strategy = parallel.make_strategy(config)
     train_batches = data.train_batches(
-        splits["train"], tokenizer, config.data, batch_multiple=strategy.batch_multiple,
+        splits["train"], tokenizer, _batch_data(config), batch_multiple=strategy.batch_multiple,
         process_index=jax.process_index(), process_count=jax.process_count())
-    evaluator = evaluation.Evaluator(config, splits["validation"], tokenizer, strategy)
+    validation = evaluation.first_examples(splits["validation"], config.eval.max_examples)
+    evaluator = evaluation.Evaluator(config, validation, tokenizer, strategy)
     from flax_transformer.metrics_writer import MetricsWriter
 
     return _Run(config=config, workdir=workdir, strategy=strategy,
@@ -120,10 +130,11 @@ def _announce(run: _Run) -> None:
     print(f"flax_transformer: preset {config.name!r}, "
           f"{training.parameter_count(config.model) / 1e6:.2f} M parameters, "
           f"{config.train.parallelism} over {parallel.describe_devices()}")
-    print(f"data: {data.describe(config.data)}; "
+    describe = data.describe_text if config.model.monolingual else data.describe
+    print(f"data: {describe(config.data)}; "
           f"{config.data.tokens_per_batch} tokens per batch; workdir {run.workdir}")
     length = config.data.max_length
-    rows = max(config.data.tokens_per_batch // (2 * length), 1)
+    rows = max(_batch_data(config).tokens_per_batch // (2 * length), 1)
     flops = training.train_flops_per_step(config.model, rows, length, length)
     peak = config.train.peak_flops
     print(f"model FLOPs per step: {flops / 1e9:.1f} GFLOP for a full [{rows}, {length}] batch; "
@@ -225,7 +236,8 @@ def _train_steps(run: _Run, state: Any) -> Any:
                 interval_start = time.perf_counter()
             metrics_for_save = None
             if run.step % train.eval_every == 0 or run.step == train.num_steps:
-                metrics_for_save = {"score": _evaluate(run, state)[train.best_metric]}
+                metrics_for_save = {"score": evaluation.score(_evaluate(run, state),
+                                                              train.best_metric)}
             if (run.step % train.checkpoint_every == 0 or run.step == train.num_steps
                     or metrics_for_save or run.stop_requested):
                 _save(run, state, metrics_for_save)
@@ -267,28 +279,33 @@ def _average_last(run: _Run) -> None:
                                                 train.keep_checkpoints)
     results = run.evaluator.evaluate(run.strategy.put_state(averaged))
     run.writer.write(run.step, "validation_averaged", results)
-    score = results[train.best_metric]
+    score = evaluation.score(results, train.best_metric)
     checkpoint.save_averaged(run.workdir, averaged, steps, score)
     best_step = run.checkpoints.best_step()
     best = run.checkpoints.score(best_step) if best_step is not None else None
     chosen = ("the average" if checkpoint.averaged_is_best(run.workdir)
               else f"checkpoint {best_step}")
+    sign = -1 if train.best_metric in evaluation.LOWER_IS_BETTER else 1  # scores -> values
     print(f"averaged checkpoints {steps} into {run.workdir}/averaged/{steps[-1]}: validation "
-          f"{train.best_metric} {score:.4g}, best single checkpoint "
-          f"{'n/a' if best is None else f'{best:.4g}'}; 'best' (test report, decode.py) "
-          f"is {chosen}.")
+          f"{train.best_metric} {sign * score:.4g}, best single checkpoint "
+          f"{'n/a' if best is None else f'{sign * best:.4g}'}; 'best' (test report, "
+          f"decode.py) is {chosen}.")
 
 
 USER_ERRORS = (TrainingError, checkpoint.CheckpointError, data.DataError, FileNotFoundError)
 
 
 def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool = True) -> dict:
-    """Decodes the whole test split with the best checkpoint; prints scores and examples.
+    """Decodes the test split (eval.test_report: all or its first N) with the best
+    checkpoint; prints scores and examples. decoder_only/encoder_only: loss metrics.
 
     For number_words it also prints (and returns) exact match per digit count 1 … 6 and
     over all of 0 … 999, saying which of those numbers training saw.
     """
+    if config.model.monolingual:
+        return _report_test_text(config, workdir, verbose)
     splits, tokenizer = load_data(config, workdir)
+    splits["test"] = evaluation.first_examples(splits["test"], config.eval.test_examples)
     target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
     params, _, what = checkpoint.restore_params(workdir, target, "best")
     strategy = parallel.make_strategy(dataclasses.replace(
@@ -333,6 +350,24 @@ def _print_test_report(sources: list[str], hypotheses: list[str], references: li
             print(f"    {sources[index]!r} -> {hypotheses[index]!r}{verdict}")
 
 
+def _report_test_text(config: Config, workdir: str, verbose: bool) -> dict:
+    """The test report of a decoder_only/encoder_only run: loss metrics of the best
+    checkpoint on the test split (all of it, or its first eval.test_report examples)."""
+    splits, tokenizer = load_data(config, workdir)
+    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    params, _, what = checkpoint.restore_params(workdir, target, "best")
+    strategy = parallel.make_strategy(config)
+    test = evaluation.first_examples(splits["test"], config.eval.test_examples)
+    if not len(test):
+        return {}
+    evaluator = evaluation.Evaluator(config, test, tokenizer, strategy, max_batches=0)
+    results = evaluator.loss_metrics(strategy.put_state(target.replace(params=params)))
+    if verbose:
+        print(f"\ntest split ({len(test)} sentences, {what}): " + ", ".join(
+            f"{name} {value:.4g}" for name, value in results.items()))
+    return {f"test_{name}": value for name, value in results.items()}
+
+
 def main(config: Config, workdir: str, fresh: bool = False) -> dict:
     """train.py's job: train (or resume), then report on the test split and suggest decoding."""
     start = time.perf_counter()
@@ -340,13 +375,18 @@ def main(config: Config, workdir: str, fresh: bool = False) -> dict:
     if not results:  # stopped early by a signal
         return results
     # Every process takes part: Orbax restores are collective across processes.
-    results = {**results, **report_test(config, workdir, verbose=jax.process_index() == 0)}
+    if config.eval.test_report != "off":
+        results = {**results, **report_test(config, workdir,
+                                             verbose=jax.process_index() == 0)}
     results["wall_seconds"] = time.perf_counter() - start
     if jax.process_index() != 0:
         return results
     checkpoint.save_json(os.path.join(workdir, "results.json"), results)
-    print(f"\ndone in {results['wall_seconds']:.0f} s. Try it:\n"
-          f"  python decode.py --workdir {workdir} --input \"{_example_input(config)}\"")
+    print(f"\ndone in {results['wall_seconds']:.0f} s.", end="")
+    if config.model.kind == "encoder_decoder":  # decode.py learns the other kinds next
+        print(f" Try it:\n  python decode.py --workdir {workdir} --input "
+              f"\"{_example_input(config)}\"", end="")
+    print()
     return results
 
 

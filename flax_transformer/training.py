@@ -6,20 +6,25 @@ jit over a mesh, and ``loop.py`` drives them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from flax_transformer import losses
+from flax_transformer import losses, masking
 from flax_transformer.config import Config, ModelConfig, TrainConfig
-from flax_transformer.model import Transformer
+from flax_transformer.data.tokenizer import MASK_ID
+from flax_transformer.model import DecoderOnly, EncoderOnly, Transformer
 
 Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, tuple[jnp.ndarray, jnp.ndarray]]
+_MASK_STREAM = 0x4D41534B  # folded into a step's key for the masking draws ("MASK")
 
 
 @flax.struct.dataclass
@@ -72,10 +77,79 @@ def make_optimizer(train: TrainConfig, d_model: int) -> optax.GradientTransforma
     return adam
 
 
+def _encoder_decoder_logits(model, params, batch, deterministic, rngs):
+    return model.apply({"params": params}, **_model_inputs(batch), deterministic=deterministic,
+                       rngs=rngs)
+
+
+def _decoder_only_logits(model, params, batch, deterministic, rngs):
+    return model.apply({"params": params}, batch["target_input"], batch.get("target_segments"),
+                       batch.get("target_positions"), deterministic=deterministic, rngs=rngs)
+
+
+def _encoder_only_logits(model, params, batch, deterministic, rngs):
+    logits, _ = model.apply({"params": params}, batch["masked_input"],
+                            batch.get("target_segments"), deterministic=deterministic,
+                            rngs=rngs)
+    return logits
+
+
+def _next_token_targets(batch, config, key, row_offset):
+    """Translation and language modelling: every non-pad token of target_output."""
+    del key, row_offset
+    targets = batch["target_output"]
+    return batch, targets, (targets != config.model.pad_id).astype(jnp.float32)
+
+
+def _masked_token_targets(batch, config, key, row_offset):
+    """Masked-token model: target_output corrupted by ``masking`` (unless the batch already
+    carries fixed "masked_input"/"mask_weights", as validation batches do)."""
+    targets = batch["target_output"]                                          # [B, T]
+    if "masked_input" not in batch:
+        if key is None:
+            raise ValueError("an encoder_only evaluation batch needs 'masked_input' and "
+                             "'mask_weights' (see training.add_eval_masks).")
+        inputs, weights = masking.mask_tokens(
+            key, targets, targets > MASK_ID, mask_id=MASK_ID, random_low=MASK_ID + 1,
+            random_high=config.model.vocab_size, row_offset=row_offset)
+        batch = {**batch, "masked_input": inputs, "mask_weights": weights}
+    return batch, targets, batch["mask_weights"].astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What differs between the model kinds; everything else is shared.
+
+    Attributes:
+      module: the Flax module class (model.py).
+      init_inputs: positional token arguments of ``module.init`` for a dummy [1, L] batch.
+      logits: (module, params, batch, deterministic, rngs) -> logits [B, T, V].
+      targets: (batch, config, key, row_offset) -> (batch, targets [B, T], weights [B, T]);
+        the key (None in evaluation) feeds the masked-token corruption.
+    """
+
+    module: type
+    init_inputs: Callable[[jnp.ndarray], tuple]
+    logits: Callable[..., jnp.ndarray]
+    targets: Callable[..., tuple[Batch, jnp.ndarray, jnp.ndarray]]
+
+
+KINDS = {
+    "encoder_decoder": Kind(Transformer, lambda tokens: (tokens, tokens),
+                            _encoder_decoder_logits, _next_token_targets),
+    "decoder_only": Kind(DecoderOnly, lambda tokens: (tokens,), _decoder_only_logits,
+                         _next_token_targets),
+    "encoder_only": Kind(EncoderOnly, lambda tokens: (tokens,), _encoder_only_logits,
+                         _masked_token_targets),
+}
+
+
 def init_params(model_config: ModelConfig, rng: jax.Array, length: int = 8) -> Any:
-    """Initial parameters of the encoder–decoder model (shapes do not depend on length)."""
+    """Initial parameters of the model of ``model_config.kind`` (shapes do not depend on
+    length)."""
+    kind = KINDS[model_config.kind]
     tokens = jnp.ones((1, length), jnp.int32)
-    return Transformer(model_config).init(rng, tokens, tokens)["params"]
+    return kind.module(model_config).init(rng, *kind.init_inputs(tokens))["params"]
 
 
 def create_train_state(config: Config, rng: jax.Array) -> TrainState:
@@ -101,9 +175,16 @@ def _psum(tree: Any, axis_name: str | None) -> Any:
     return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
+def _row_offset(batch: Batch, axis_name: str | None) -> jnp.ndarray | int:
+    """Index of this device's first row in the global batch (0 without pmap)."""
+    if axis_name is None:
+        return 0
+    return jax.lax.axis_index(axis_name) * batch["target_output"].shape[0]
+
+
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, config: Config,
                axis_name: str | None = None) -> tuple[TrainState, Metrics]:
-    """One optimizer step on label-smoothed cross-entropy per non-pad target token.
+    """One optimizer step on label-smoothed cross-entropy per target token, any model kind.
 
     Under pmap (``axis_name`` set) every device holds a slice of the global batch; the
     loss is normalised by the GLOBAL token count and the per-device gradients are summed,
@@ -112,22 +193,24 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, config: Confi
     Args:
       state: the TrainState (replicated under pmap).
       batch: int32 arrays "source" [B, S], "target_input" [B, T], "target_output" [B, T]
-        (+ optional segments/positions for packed rows).
-      rng: PRNG key of this step (folded by device here under pmap).
+        (+ optional segments/positions for packed rows). decoder_only reads the target
+        side only; encoder_only reads "target_output" and corrupts it (``masking``).
+      rng: PRNG key of this step (folded by device here under pmap for dropout; the
+        masking key is folded by global row instead, see ``masking``).
 
     Returns:
       the new state and metrics as (sum, weight) pairs.
     """
-    model = Transformer(config.model)
+    kind = KINDS[config.model.kind]
+    model = kind.module(config.model)
+    batch, targets, weights = kind.targets(batch, config, jax.random.fold_in(rng, _MASK_STREAM),
+                                           _row_offset(batch, axis_name))
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    targets = batch["target_output"]
-    weights = (targets != config.model.pad_id).astype(jnp.float32)            # [B, T]
     global_weight = _psum(jnp.sum(weights), axis_name)
 
     def loss_fn(params):
-        logits = model.apply({"params": params}, **_model_inputs(batch), deterministic=False,
-                             rngs={"dropout": rng})                           # [B, T, V]
+        logits = kind.logits(model, params, batch, False, {"dropout": rng})   # [B, T, V]
         loss_sum, weight = losses.label_smoothed_cross_entropy(
             logits, targets, weights, config.train.label_smoothing)
         return loss_sum / jnp.maximum(global_weight, 1.0), (logits, loss_sum, weight)
@@ -152,14 +235,32 @@ def _ema(ema_params: Any, params: Any, decay: float) -> Any:
 
 def eval_step(params: Any, batch: Batch, *, config: Config,
               axis_name: str | None = None) -> Metrics:
-    """Validation loss, NLL and accuracy of a batch (no dropout), as (sum, weight) pairs."""
-    model = Transformer(config.model)
-    logits = model.apply({"params": params}, **_model_inputs(batch), deterministic=True)
-    targets = batch["target_output"]
-    weights = (targets != config.model.pad_id).astype(jnp.float32)
+    """Validation loss, NLL and accuracy of a batch (no dropout), as (sum, weight) pairs.
+
+    For encoder_only the batch must carry its fixed corruption (``add_eval_masks``), so
+    that every evaluation scores the same masked positions.
+    """
+    kind = KINDS[config.model.kind]
+    batch, targets, weights = kind.targets(batch, config, None, 0)
+    logits = kind.logits(kind.module(config.model), params, batch, True, None)
     loss = losses.label_smoothed_cross_entropy(logits, targets, weights,
                                                config.train.label_smoothing)
     return _psum({"loss": loss, **losses.token_metrics(logits, targets, weights)}, axis_name)
+
+
+def add_eval_masks(batch: dict, config: Config, index: int) -> dict:
+    """A validation batch of an encoder_only run with its fixed corruption added.
+
+    The key depends on train.seed and the batch's index only, so the same positions are
+    scored at every evaluation and on any number of devices.
+    """
+    if config.model.kind != "encoder_only":
+        return batch
+    key = jax.random.fold_in(jax.random.key(config.train.seed), index)
+    masked, _, _ = _masked_token_targets({"target_output": jnp.asarray(batch["target_output"])},
+                                         config, key, 0)
+    return {**batch, "masked_input": np.asarray(masked["masked_input"]),
+            "mask_weights": np.asarray(masked["mask_weights"])}
 
 
 def summarize(metrics: Metrics) -> dict[str, float]:
@@ -191,12 +292,18 @@ def train_flops_per_step(model_config: ModelConfig, batch_size: int, source_leng
 
     Counts every matmul of the model (projections, attention scores and mixing, FFN and the
     output projection) at 2 FLOPs per multiply-add; ignores softmax, norms and the optimizer.
+    decoder_only and encoder_only read target_length tokens a row (source_length unused).
     """
     d, f, v = model_config.d_model, model_config.d_ff, model_config.vocab_size
     s, t = source_length, target_length
-    encoder = model_config.num_encoder_layers * (s * (4 * d * d + 2 * d * f) + 2 * s * s * d)
-    decoder = model_config.num_decoder_layers * (
-        t * (4 * d * d + 2 * d * f) + 2 * t * t * d            # self-attention + FFN
-        + t * 2 * d * d + s * 2 * d * d + 2 * t * s * d)       # cross-attention Q/O, K/V, scores
-    forward = 2 * batch_size * (encoder + decoder + t * d * v)
-    return 3.0 * forward
+    layer = t * (4 * d * d + 2 * d * f) + 2 * t * t * d        # self-attention + FFN, T tokens
+    if model_config.kind == "decoder_only":
+        forward = model_config.num_decoder_layers * layer + t * d * v
+    elif model_config.kind == "encoder_only":                 # + head transform and output
+        forward = model_config.num_encoder_layers * layer + t * (d * d + d * v)
+    else:
+        encoder = model_config.num_encoder_layers * (s * (4 * d * d + 2 * d * f) + 2 * s * s * d)
+        decoder = model_config.num_decoder_layers * (
+            layer + t * 2 * d * d + s * 2 * d * d + 2 * t * s * d)  # cross Q/O, K/V, scores
+        forward = encoder + decoder + t * d * v
+    return 3.0 * 2 * batch_size * forward

@@ -34,3 +34,14 @@ def random_batch(rng: np.random.Generator, rows: int = 8, length: int = 12,
         target_output[row, : size - 1] = target[row, : size - 1]
         target_output[row, size - 1] = 3
     return {"source": source, "target_input": target_input, "target_output": target_output}
+
+
+def kind_config(kind: str, **train_overrides) -> config_lib.Config:
+    """micro_config() as a decoder_only or encoder_only model (or unchanged for translation)."""
+    config = micro_config(**train_overrides)
+    if kind == "encoder_decoder":
+        return config
+    layers = {"num_encoder_layers": 0} if kind == "decoder_only" else {"num_decoder_layers": 0}
+    model = dataclasses.replace(config.model, kind=kind, **layers)
+    train = dataclasses.replace(config.train, best_metric="accuracy")
+    return dataclasses.replace(config, model=model, train=train).validate()

@@ -105,3 +105,23 @@ def test_from_json_refuses_unknown_keys():
 def test_every_field_has_help():
     for dotted, _, _, help_text in config_lib.iter_fields(get_config("tiny")):
         assert help_text, dotted
+
+
+def test_a_config_json_from_before_model_kinds_loads_as_translation():
+    values = config_lib.to_dict(config_lib.get_config("tiny"))
+    del values["model"]["kind"]
+    del values["eval"]
+    old = config_lib.from_dict(values)
+    assert old.model.kind == "encoder_decoder" and old.eval == config_lib.EvalConfig()
+    assert old == config_lib.get_config("tiny")
+
+
+def test_kind_presets_read_one_side_and_score_without_bleu():
+    lm, mlm = config_lib.get_config("lm"), config_lib.get_config("mlm")
+    assert (lm.model.kind, lm.data.packing, lm.train.best_metric) == (
+        "decoder_only", True, "perplexity")
+    assert (mlm.model.kind, mlm.data.packing, mlm.train.best_metric) == (
+        "encoder_only", False, "accuracy")
+    assert lm.model.monolingual and not config_lib.get_config("tiny").model.monolingual
+    assert config_lib.EvalConfig(test_report="25").test_examples == 25
+    assert config_lib.EvalConfig().test_examples == 0

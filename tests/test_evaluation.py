@@ -1,9 +1,16 @@
-"""evaluation.py's scores: exact match, and the per-digit-count table of number_words."""
+"""evaluation.py: exact match, the per-digit-count table of number_words, per-kind
+validation metrics, evaluation limits, the checkpoint score; continuations.py: the validity
+check of the built-in language model."""
 
+import dataclasses
+
+import jax
+import numpy as np
 import pytest
 
-from flax_transformer import evaluation
+from flax_transformer import continuations, data, evaluation, training
 from flax_transformer.data import number_words
+from tests.helpers import kind_config
 
 
 def _pairs(numbers):
@@ -48,3 +55,126 @@ def test_partly_seen_class_says_how_many():
 
 def test_exact_match_strips_outer_spaces_only():
     assert evaluation.exact_match(["a b ", "ab"], ["a b", "a b"]) == pytest.approx(0.5)
+
+
+
+
+
+NUMBERS = np.random.default_rng(0).choice(3000, size=120, replace=False)
+PAIRS = [{"source": number_words.english(int(n)), "target": number_words.german(int(n))}
+         for n in NUMBERS]
+
+
+class CountingStrategy:
+    """One device, no pmap; counts eval_step calls."""
+
+    batch_multiple = 1
+
+    def __init__(self, config):
+        self.calls = 0
+        self._eval = jax.jit(lambda params, batch: training.eval_step(params, batch,
+                                                                      config=config))
+
+    def put_batch(self, batch):
+        return batch
+
+    def put_state(self, state):
+        return state
+
+    def eval_step(self, state, batch):
+        self.calls += 1
+        return self._eval(state.params, batch)
+
+    def get_params(self, state):
+        return state.params
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizers")
+    sentences = [text for pair in PAIRS for text in pair.values()]
+    return {"plain": data.Tokenizer.train(sentences, str(directory / "plain.model"), 64),
+            "mask": data.Tokenizer.train(sentences, str(directory / "mask.model"), 64,
+                                         symbols=(data.MASK_PIECE,))}
+
+
+def _evaluator(kind, tokenizers, max_batches=0, split=PAIRS):
+    config = kind_config(kind)
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
+                                                                  max_batches=max_batches))
+    if kind != "encoder_decoder":
+        split = data.monolingual.TargetText(split)
+    tokenizer = tokenizers["mask" if kind == "encoder_only" else "plain"]
+    strategy = CountingStrategy(config)
+    state = training.create_train_state(config, jax.random.key(0))
+    return evaluation.Evaluator(config, split, tokenizer, strategy), strategy, state
+
+
+@pytest.mark.parametrize("kind", ("encoder_decoder", "decoder_only", "encoder_only"))
+def test_max_batches_1_evaluates_exactly_one_batch(kind, tokenizers):
+    full, full_strategy, state = _evaluator(kind, tokenizers)
+    results = full.loss_metrics(state)
+    assert full_strategy.calls == results["loss_batches"] > 1
+    limited, strategy, _ = _evaluator(kind, tokenizers, max_batches=1)
+    limited_results = limited.loss_metrics(state)
+    assert strategy.calls == limited_results["loss_batches"] == 1
+    first = training.summarize(jax.device_get(
+        training.eval_step(state.params, full.loss_batches[0], config=full.config)))
+    assert limited_results["loss"] == pytest.approx(first["loss"], rel=1e-6)
+
+
+def test_metrics_per_kind(tokenizers):
+    for kind, expected, absent in (
+            ("decoder_only", {"loss", "perplexity", "accuracy"}, {"bleu", "baseline_accuracy"}),
+            ("encoder_only", {"loss", "accuracy", "baseline_accuracy"}, {"bleu"}),
+            ("encoder_decoder", {"loss", "perplexity", "bleu", "chrf", "exact_match"},
+             {"baseline_accuracy"})):
+        evaluator, _, state = _evaluator(kind, tokenizers, max_batches=1,
+                                         split=PAIRS[:8])
+        results = evaluator.evaluate(state)
+        assert expected <= set(results) and not absent & set(results), kind
+
+
+def test_encoder_only_scores_the_same_positions_at_every_evaluation(tokenizers):
+    first, _, state = _evaluator("encoder_only", tokenizers)
+    second, _, _ = _evaluator("encoder_only", tokenizers)
+    for left, right in zip(first.loss_batches, second.loss_batches, strict=True):
+        np.testing.assert_array_equal(left["masked_input"], right["masked_input"])
+    assert first.loss_metrics(state) == second.loss_metrics(state)
+
+
+def test_most_frequent_token_accuracy_counts_masked_positions_only():
+    batch = {"target_output": np.array([[7, 7, 9, 5], [7, 9, 9, 0]]),
+             "mask_weights": np.array([[1, 0, 1, 1], [0, 1, 1, 0]], np.float32)}
+    # masked targets: 7, 9, 5, 9, 9 -> 9 is the commonest, 3 of 5
+    assert evaluation.most_frequent_token_accuracy([batch]) == pytest.approx(0.6)
+
+
+def test_first_examples_and_the_score_direction():
+    assert evaluation.first_examples(PAIRS, 3) == PAIRS[:3]
+    assert evaluation.first_examples(PAIRS, 0) is PAIRS
+    assert evaluation.score({"perplexity": 2.0}, "perplexity") > evaluation.score(
+        {"perplexity": 3.0}, "perplexity")
+    assert evaluation.score({"bleu": 30.0}, "bleu") == 30.0
+
+
+def test_german_validity_check():
+    assert continuations.german_numbers()["dreihundertzweiundvierzig"] == 342
+    assert len(continuations.german_numbers()) == number_words.LARGEST + 1
+    assert continuations.valid_share(["drei", "dreihundert", "dreiundhundert", "dreii"]) == 0.5
+
+
+def test_continuations_start_with_the_prompt_and_sample_by_key(tokenizers):
+    config = kind_config("decoder_only")
+    params = training.create_train_state(config, jax.random.key(0)).params
+    prompts = ["drei", "sieben"]
+    greedy = continuations.continue_prompts(params, config.model, tokenizers["plain"], prompts,
+                                            max_new_tokens=5)
+    again = continuations.continue_prompts(params, config.model, tokenizers["plain"], prompts,
+                                           max_new_tokens=5)
+    assert greedy == again
+    assert all(text.startswith(prompt) for text, prompt in zip(greedy, prompts, strict=True))
+    samples = [continuations.continue_prompts(
+        params, config.model, tokenizers["plain"], prompts * 4, max_new_tokens=5,
+        temperature=1.0, key=jax.random.key(seed)) for seed in (0, 0, 1)]
+    assert samples[0] == samples[1] != samples[2]

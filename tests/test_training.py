@@ -11,7 +11,7 @@ import pytest
 
 from flax_transformer import training
 from flax_transformer.config import ConfigError
-from tests.helpers import micro_config, random_batch
+from tests.helpers import kind_config, micro_config, random_batch
 
 
 def test_schedule_is_the_papers_formula():
@@ -158,3 +158,85 @@ def test_train_step_applies_the_states_own_optimizer():
     for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params),
                          strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+KINDS = ("encoder_decoder", "decoder_only", "encoder_only")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_learns_a_fixed_batch(kind):
+    config = kind_config(kind, learning_rate_scale=1.0)
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(5))
+    step = jax.jit(lambda s, b, r: training.train_step(s, b, r, config=config))
+    losses = []
+    for _ in range(60):
+        # The same key every step: the same tokens are masked, so the batch stays fixed.
+        state, metrics = step(state, batch, jax.random.key(0))
+        losses.append(training.summarize(metrics)["loss"])
+    assert losses[-1] < 0.5 * losses[0]
+    scored = float(metrics["loss"][1])
+    if kind == "encoder_only":  # Binomial(real tokens, 0.15) positions; EOS never
+        real = np.count_nonzero(batch["target_output"] > 4)
+        assert abs(scored - 0.15 * real) <= 5 * np.sqrt(real * 0.15 * 0.85) and scored >= 1
+    else:
+        assert scored == np.count_nonzero(batch["target_output"])
+
+
+def test_kinds_have_their_own_parameters():
+    trees = {kind: jax.eval_shape(lambda k=kind: training.init_params(
+        kind_config(k).model, jax.random.key(0))) for kind in KINDS}
+    assert "encoder" in trees["encoder_decoder"] and "decoder" in trees["encoder_decoder"]
+    assert "decoder" in trees["decoder_only"] and "encoder" not in trees["decoder_only"]
+    assert "encoder" in trees["encoder_only"] and "head_bias" in trees["encoder_only"]
+
+
+def test_encoder_only_eval_scores_fixed_positions_and_needs_them():
+    config = kind_config("encoder_only")
+    params = training.create_train_state(config, jax.random.key(0)).params
+    batch = random_batch(np.random.default_rng(6))
+    first = training.add_eval_masks(batch, config, index=3)
+    again = training.add_eval_masks(batch, config, index=3)
+    other = training.add_eval_masks(batch, config, index=4)
+    np.testing.assert_array_equal(first["mask_weights"], again["mask_weights"])
+    assert not np.array_equal(first["mask_weights"], other["mask_weights"])
+    metrics = training.eval_step(params, first, config=config)
+    assert float(metrics["accuracy"][1]) == first["mask_weights"].sum() > 0
+    with pytest.raises(ValueError, match="masked_input"):
+        training.eval_step(params, batch, config=config)
+    assert training.add_eval_masks(batch, kind_config("decoder_only"), 0) is batch
+
+
+def test_masked_training_on_4_devices_equals_one_device():
+    """The masking draws follow global rows, so pmap over 4 devices changes nothing."""
+    config = kind_config("encoder_only")
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(7), rows=8)
+    single, single_metrics = jax.jit(
+        lambda s, b, r: training.train_step(s, b, r, config=config))(state, batch,
+                                                                       jax.random.key(3))
+    devices = jax.local_devices()[:4]
+    pmapped = jax.pmap(lambda s, b, r: training.train_step(s, b, r, config=config,
+                                                           axis_name="data"),
+                       axis_name="data", in_axes=(0, 0, None), devices=devices)
+    shards = {key: value.reshape(4, 2, *value.shape[1:]) for key, value in batch.items()}
+    replicated = jax.device_put_replicated(state, devices)
+    multi, multi_metrics = pmapped(replicated, shards, jax.random.key(3))
+    assert float(multi_metrics["loss"][1][0]) == float(single_metrics["loss"][1])
+    # Sums over 4 shards round differently from one sum: compare to the update's size.
+    for got, want, before in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params),
+                                 jax.tree.leaves(state.params), strict=True):
+        scale = float(np.max(np.abs(np.asarray(want) - np.asarray(before)))) + 1e-12
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want), atol=1e-3 * scale)
+
+
+@pytest.mark.parametrize("kind", ("decoder_only", "encoder_only"))
+def test_flops_formula_of_the_other_kinds_matches_xla(kind):
+    config = kind_config(kind)
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(8), rows=8, length=16)
+    step = jax.jit(lambda s, b: training.train_step(s, b, jax.random.key(0), config=config))
+    analysis = step.lower(state, batch).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    formula = training.train_flops_per_step(config.model, 8, 16, 16)
+    assert 0.5 * formula < analysis["flops"] < 3.0 * formula

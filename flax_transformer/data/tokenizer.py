@@ -1,8 +1,9 @@
 """One SentencePiece vocabulary shared by source and target, as in the paper (section 5.1).
 
-Ids: 0 padding, 1 unknown, 2 BOS, 3 EOS. The model is trained in memory from the
-training split and saved as ``WORKDIR/tokenizer.model`` so that resume and decode.py
-reuse exactly the same vocabulary.
+Ids: 0 padding, 1 unknown, 2 BOS, 3 EOS; a tokenizer trained with ``symbols=(MASK_PIECE,)``
+(encoder_only runs) has ``<mask>`` at 4, so translation vocabularies are unchanged. The
+model is trained in memory from the training split and saved as ``WORKDIR/tokenizer.model``
+so that resume and decode.py reuse exactly the same vocabulary.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flax_transformer.config import DataConfig
 from flax_transformer.data.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MASK_PIECE, MASK_ID = "<mask>", 4  # the first user-defined symbol follows the four above
 FILE_NAME = "tokenizer.model"
 
 
@@ -41,12 +43,14 @@ class Tokenizer:
 
     @classmethod
     def train(cls, sentences: Iterable[str], path: str, vocab_size: int,
-              model_type: str = "unigram") -> Tokenizer:
+              model_type: str = "unigram", symbols: Sequence[str] = ()) -> Tokenizer:
         """Trains on ``sentences`` (in memory) and writes the model to ``path``.
 
         ``vocab_size`` is an upper bound: a corpus too small for it gets fewer pieces.
         Every character of the corpus gets a piece (character_coverage=1.0, right for
         alphabetic scripts; a rare letter must not become <unk> in a translation).
+        ``symbols`` (e.g. ``(MASK_PIECE,)``) become pieces of their own from id 4 on, also
+        when they appear inside input text.
         """
         model = io.BytesIO()
         # One thread: multi-threaded unigram training was seen to give different models
@@ -55,7 +59,8 @@ class Tokenizer:
             sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
             model_type=model_type, hard_vocab_limit=False, character_coverage=1.0,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            num_threads=1, minloglevel=2,
+            num_threads=1, minloglevel=2, **({"user_defined_symbols": list(symbols)}
+                                             if symbols else {}),
         )
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         temporary = f"{path}.tmp"
@@ -97,6 +102,11 @@ class Tokenizer:
         """Text of ``ids`` up to the first EOS; padding and BOS are skipped."""
         return self._processor.decode(self.content_ids(ids))
 
+    @property
+    def mask_id(self) -> int | None:
+        """Id of the ``<mask>`` piece, or None when this vocabulary has none."""
+        return MASK_ID if self._processor.piece_to_id(MASK_PIECE) == MASK_ID else None
+
     def id_to_piece(self, ids: Sequence[int]) -> list[str]:
         return [self._processor.id_to_piece(int(i)) for i in np.asarray(ids).reshape(-1)]
 
@@ -116,16 +126,23 @@ def training_sentences(pairs: Sequence[dict[str, str]], limit: int, seed: int = 
         yield pair["target"]
 
 
-def get_tokenizer(config: DataConfig, workdir: str,
-                  train_pairs: Sequence[dict[str, str]]) -> Tokenizer:
-    """Loads ``WORKDIR/tokenizer.model``, or trains it on ``train_pairs`` if it is absent."""
+def get_tokenizer(config: DataConfig, workdir: str, train_pairs: Sequence[dict[str, str]],
+                  symbols: Sequence[str] = ()) -> Tokenizer:
+    """Loads ``WORKDIR/tokenizer.model``, or trains it on ``train_pairs`` if it is absent.
+
+    ``symbols``: extra pieces the run needs (``(MASK_PIECE,)`` for encoder_only).
+    """
     path = os.path.join(workdir, FILE_NAME)
     if os.path.exists(path):
         tokenizer = Tokenizer.load(path)
     else:
         sentences = training_sentences(train_pairs, config.tokenizer_sentences,
                                        config.shuffle_seed)
-        tokenizer = Tokenizer.train(sentences, path, config.vocab_size, config.tokenizer_type)
+        tokenizer = Tokenizer.train(sentences, path, config.vocab_size, config.tokenizer_type,
+                                    symbols)
+    if MASK_PIECE in symbols and tokenizer.mask_id is None:
+        raise DataError(f"{path} has no {MASK_PIECE} piece, which an encoder_only run needs; "
+                         "use a fresh --workdir.")
     if tokenizer.vocab_size > config.vocab_size:
         raise DataError(f"{path} has {tokenizer.vocab_size} pieces but data.vocab_size is "
                          f"{config.vocab_size}; use a matching workdir or delete the file.")
