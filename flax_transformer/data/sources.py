@@ -30,6 +30,7 @@ class TextPairs(Sequence):
                  skipped: dict[str, int] | None = None):
         self._records, self._keys = records, (source_key, target_key)
         self.skipped = dict(skipped or {})
+        self._batched = True
 
     def __len__(self) -> int:
         return len(self._records)
@@ -43,8 +44,15 @@ class TextPairs(Sequence):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, str]]:
         """Many records at once (array_record reads them in one call)."""
-        if hasattr(self._records, "__getitems__"):
-            return [self._convert(record) for record in self._records.__getitems__(indices)]
+        if self._batched and hasattr(self._records, "__getitems__"):
+            try:
+                records = self._records.__getitems__(list(indices))
+            except TypeError:
+                # tfds.testing.mock_data's sources take no batched reads (their
+                # __getitems__ is an unbound function); read them one by one instead.
+                self._batched = False
+            else:
+                return [self._convert(record) for record in records]
         return [self[index] for index in indices]
 
     def _convert(self, record: dict[str, Any]) -> dict[str, str]:
