@@ -157,6 +157,7 @@ class TrainConfig:
         _in_unit_interval(self, "label_smoothing", "ema_decay", "adam_beta1", "adam_beta2")
         _one_of(self, "parallelism", ("pmap", "mesh"))
         _one_of(self, "best_metric", ("bleu", "chrf", "exact_match"))
+        _seed_range(self, "seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +180,7 @@ class DecodeConfig:
         _non_negative(self, "length_penalty", "max_extra_length", "top_k")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"decode.top_p={self.top_p} must be in (0, 1].")
+        _seed_range(self, "seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,9 +392,10 @@ def _check(section: Any, names: tuple[str, ...], ok, requirement: str) -> None:
         value = getattr(section, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{section_name}.{name}={value!r} must be a number.")
-        if not math.isfinite(value) or not ok(value):
-            raise ConfigError(f"{section_name}.{name}={value!r} must be a finite number, "
-                              f"{requirement}.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{section_name}.{name}={value!r} must be a finite number.")
+        if not ok(value):
+            raise ConfigError(f"{section_name}.{name}={value!r} must be {requirement}.")
 
 
 def _positive(section: Any, *names: str) -> None:
@@ -405,6 +408,10 @@ def _non_negative(section: Any, *names: str) -> None:
 
 def _in_unit_interval(section: Any, *names: str) -> None:
     _check(section, names, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _seed_range(section: Any, name: str) -> None:
+    _check(section, (name,), lambda v: 0 <= v < 2**32, "in [0, 2**32)")
 
 
 def _one_of(section: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from flax_transformer import checkpoint, data, decoding, evaluation, plots, training
+from flax_transformer import checkpoint, data, decoding, evaluation, plots, preflight, training
 from flax_transformer import config as config_lib
 from flax_transformer.model import Transformer
 
@@ -33,7 +33,8 @@ class InferenceError(ValueError):
     """Input that decode.py cannot use; the message says what was wrong and what to do."""
 
 
-USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError)
+USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError,
+               preflight.PreflightError, data.DataError)
 
 
 # --------------------------------------------------------------------------- restoring
@@ -351,9 +352,14 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     The streams default to sys.stdin/stdout/stderr as they are at call time.
     """
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    preflight.check_request(request.workdir, request.decode_overrides, request.input_file,
+                            request.output_file, request.attention_plot)  # before the restore
     restored = restore(request.workdir, request.checkpoint, request.use_ema)
     decode_config = decode_config_for(restored.config, request.decode_overrides)
     lines = input_lines(request, stdin)
+    if count := preflight.meaningless_lines(lines):
+        print(f"warning: {count} line(s) hold no letter or digit (only emoji, symbols or "
+              "control characters); their translations are guesses.", file=stderr)
     references = read_lines(request.reference_file) if request.reference_file else None
     if references is not None:
         check_counts(len(lines), references, request.reference_file)  # before decoding

@@ -32,7 +32,7 @@ def test_overrides_apply_to_the_named_preset():
 
 @pytest.mark.parametrize("flag, message", [
     ("--config.model.num_heads=3", "not divisible by model.num_heads"),
-    ("--config.train.warmup_steps=0", "train.warmup_steps=0 must be a finite number, positive"),
+    ("--config.train.warmup_steps=0", "train.warmup_steps=0 must be positive"),
     ("--config.train.num_steps=many", "is not a valid int"),
     ("--config.model.norm=mid_ln", "model.norm='mid_ln' must be one of"),
 ])
