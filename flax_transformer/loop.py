@@ -110,11 +110,12 @@ def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> Config
             "pass --fresh to move the old run aside and start over.")
     if differences:
         backup = f"{workdir.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-        checkpoint.unlock_workdir(workdir)
+        checkpoint.unlock_workdir(workdir)  # the lock file moves with the old run
         shutil.move(workdir, backup)
         log.warning("moved the previous run to %s", backup)
         checkpoint.check_writable(workdir)
-        checkpoint.lock_workdir(workdir)
+        if jax.process_index() == 0:
+            checkpoint.lock_workdir(workdir)
         return None
     if accepted and jax.process_index() == 0:
         print(f"resuming with changed training settings: {'; '.join(accepted)}")
@@ -133,6 +134,7 @@ def load_data(config: Config, workdir: str) -> tuple[dict, Any]:
 
 def _setup(config: Config, workdir: str, stop: _Stop) -> _Run:
     splits, tokenizer = load_data(config, workdir)
+    _warn_skipped(splits)
     # A small corpus may yield fewer pieces than asked for; more would overflow the embedding.
     if tokenizer.vocab_size > config.model.vocab_size:
         raise TrainingError(
@@ -148,6 +150,15 @@ def _setup(config: Config, workdir: str, stop: _Stop) -> _Run:
                 train_batches=train_batches, evaluator=evaluator, stop=stop,
                 # rbg keys: dropout bits ~12% cheaper on CPU than threefry (benchmarks/).
                 root_rng=jax.random.key(config.train.seed, impl="rbg"))
+
+
+def _warn_skipped(splits: dict) -> None:
+    """Says how many pairs the data preparation left out (empty sides, invalid UTF-8)."""
+    for name, pairs in splits.items():
+        counts = {why: n for why, n in dict(getattr(pairs, "skipped", {})).items() if n}
+        if counts and jax.process_index() == 0:
+            print(f"warning: {sum(counts.values())} {name} pair(s) left out ("
+                  + ", ".join(f"{why}: {n}" for why, n in sorted(counts.items())) + ")")
 
 
 def _initial_state(run: _Run) -> Any:
@@ -301,8 +312,13 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
     (empty when a stop request ended it early)."""
     config.validate()
     stop = _Stop()
+    checkpoint.check_writable(workdir)
     previous_handlers = _install_signal_handlers(stop)
-    _lock(workdir)
+    try:
+        _lock(workdir)
+    except BaseException:
+        _restore_handlers(previous_handlers)
+        raise
     try:
         return _train_locked(config, workdir, fresh, stop)
     except StopRequested:

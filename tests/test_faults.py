@@ -8,6 +8,7 @@ killed when the test ends, and the tests wait on events in their output, never o
 import glob
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -335,3 +336,88 @@ def test_exit_within_ends_a_process_with_a_hanging_thread():
             "cli.exit_within(1)\n"
             "sys.exit(2)\n")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 2
+
+
+# --------------------------------------------------------------------- 6, 7, 10. one-line errors
+
+
+def test_catalogue_dataset_without_network_fails_within_seconds(tmp_path, monkeypatch):
+    from flax_transformer import data
+    from flax_transformer.data import sources
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+    monkeypatch.setattr(sources.socket, "create_connection", unreachable)
+    config = config_lib.override(config_lib.get_config("tiny"),
+                                 {"data.dataset": "wmt14_translate/de-en"})
+    started = time.monotonic()
+    with pytest.raises(data.DataError, match=r"network is unreachable.*data\.data_dir"):
+        data.load_splits(config.data, str(tmp_path))
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{", "config.json is damaged"),
+    ("[]", "JSON object of sections"),
+    ('{"model": null}', "section 'model' is null"),
+    ('{"model": {"d_model": "128"}}', 'model.d_model="128" is not a valid int'),
+    ('{"model": {"layer_norm_epsilon": -1}}', "layer_norm_epsilon=-1.0 must be positive"),
+    ('{"model": {"pad_id": -7}}', "pad_id=-7 must be a token id"),
+    ('{"model": {"vocab_size": 2e9}}', "vocab_size=2000000000.0 is not a valid int"),
+    ('{"train": {"learning_rate_scale": Infinity}}', "must be a finite number"),
+])
+def test_damaged_config_json_is_one_line(tmp_path, text, message):
+    with open(tmp_path / "config.json", "w") as handle:
+        handle.write(text)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(message)):
+        checkpoint.load_config(str(tmp_path))
+
+
+def test_damaged_tokenizer_model_is_one_line(tmp_path):
+    from flax_transformer import data
+    from flax_transformer.data import tokenizer
+
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(os.urandom(16))
+    with pytest.raises(data.DataError, match="not a readable SentencePiece model"):
+        tokenizer.Tokenizer.load(str(path))
+
+
+def test_ids_past_a_small_vocabulary_decode_as_unknown(tmp_path):
+    from flax_transformer.data import tokenizer
+
+    small = tokenizer.Tokenizer.train(["a b c", "b c d"] * 20, str(tmp_path / "t.model"), 64)
+    assert small.vocab_size < 64
+    assert small.decode([small.vocab_size + 3, small.eos_id]) == small.decode([small.unk_id])
+    assert small.id_to_piece([63]) == ["<unk>"]
+
+
+def test_plain_text_named_gz_is_one_line(tmp_path):
+    from flax_transformer import data
+    from flax_transformer.data import parallel_text
+
+    path = tmp_path / "train.en.gz"
+    path.write_text("not gzip\n")
+    with pytest.raises(data.DataError, match=r"is named \.gz but is not"):
+        list(parallel_text.read_lines(path))
+
+
+def test_decode_request_is_checked_before_the_model_load(tmp_path):
+    from flax_transformer import preflight
+
+    workdir = str(tmp_path)
+    checkpoint.save_config(workdir, _config_micro())
+    check = lambda **kw: preflight.check_request(  # noqa: E731
+        workdir, kw.pop("overrides", {}), kw.get("input_file"), kw.get("output_file"),
+        kw.get("attention_plot"))
+    with pytest.raises(config_lib.ConfigError, match=r"decode.seed=.*in \[0, 2\*\*32\)"):
+        check(overrides={"seed": 99999999999999999999})
+    with pytest.raises(config_lib.ConfigError, match="beam_size=0"):
+        check(overrides={"beam_size": 0})
+    for flag in ("output_file", "attention_plot"):
+        with pytest.raises(preflight.PreflightError, match=rf"--{flag} .* does not exist"):
+            check(**{flag: str(tmp_path / "missing" / "out.png")})
+    with pytest.raises(preflight.PreflightError, match="is a device"):
+        check(input_file="/dev/zero")
+    check(output_file=str(tmp_path / "out.txt"), overrides={"seed": 7})
+    assert preflight.meaningless_lines(["😀😀", "\0\0", "", "one", "€ 5"]) == 2
