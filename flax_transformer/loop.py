@@ -62,11 +62,11 @@ class _Stop:
         """A phase that a stop request ends at once (nothing in it needs saving)."""
         if self.requested:
             raise StopRequested()
-        self._interruptible = True
+        outer, self._interruptible = self._interruptible, True
         try:
             yield
         finally:
-            self._interruptible = False
+            self._interruptible = outer
 
 
 @dataclasses.dataclass
@@ -361,8 +361,10 @@ def _train_locked(config: Config, workdir: str, fresh: bool, stop: _Stop) -> dic
     except StopRequested:
         pass
     finally:
-        run.checkpoints.wait()
-        run.writer.close()
+        try:
+            run.checkpoints.wait()
+        finally:
+            run.writer.close()
     run.checkpoints.close()
     if run.stop.requested:
         print(f"stopped at step {run.step}; checkpoint saved. Run the same command to resume.")
