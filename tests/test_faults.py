@@ -302,7 +302,9 @@ def test_second_stop_request_exits_at_once(monkeypatch):
         raise AssertionError("an interruptible phase must not start after a stop request")
     fresh = loop._Stop()
     with pytest.raises(loop.StopRequested), fresh.interruptible():
-        fresh(signal.SIGTERM, None)  # during validation etc.: ends the phase at once
+        with fresh.interruptible():  # validation inside the final phase
+            pass
+        fresh(signal.SIGTERM, None)  # averaging etc. after it: still ended at once
 
 
 # --------------------------------------------------------------------- 8. catalogue datasets
