@@ -97,6 +97,30 @@ def test_full_disk_is_reported_before_orbax_writes(tmp_path, monkeypatch):
     assert checkpoint.Checkpoints(str(tmp_path)).steps() == []
 
 
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 200 KiB tmpfs (where this user may mount one), unmounted afterwards."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; the patched writer test covers this path")
+    yield str(mount)
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_exits_within_seconds_with_one_line(corpus, tmp_path, tiny_disk,
+                                                      start_child):
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    os.symlink(tiny_disk, os.path.join(workdir, "checkpoints"))
+    child = start_child(_args(corpus, workdir, steps=6), tmp_path / "run.log", env=_env(1))
+    assert child.wait(timeout=900) == 2
+    last_line = child.output().strip().splitlines()[-1]
+    assert last_line.startswith("error: saving a checkpoint") and "free disk space" in last_line
+
+
 def _config_micro():
     from tests.helpers import micro_config
     return micro_config()
