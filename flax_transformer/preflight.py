@@ -22,10 +22,11 @@ class PreflightError(ValueError):
 def check_request(workdir: str, decode_overrides: dict, input_file: str | None,
                   output_file: str | None, attention_plot: str | None) -> None:
     """Validates the search flags against the run's config, and the files' folders."""
-    config = checkpoint.load_config(workdir)
-    dotted = {f"decode.{name}": str(value) for name, value in decode_overrides.items()
-              if value is not None}
-    config_lib.override(config, dotted)  # ConfigError naming the flag
+    if os.path.isfile(checkpoint.config_path(workdir)):  # else the restore says what is wrong
+        config = checkpoint.load_config(workdir)
+        dotted = {f"decode.{name}": str(value) for name, value in decode_overrides.items()
+                  if value is not None}
+        config_lib.override(config, dotted)  # ConfigError naming the flag
     for flag, path in (("--output_file", output_file), ("--attention_plot", attention_plot)):
         if path:
             _check_writable_folder(flag, path)
