@@ -11,10 +11,15 @@ A run directory is self-describing::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
+import socket
+import sys
 import tempfile
+import time
 from typing import Any
 
 import jax
@@ -48,6 +53,49 @@ def check_writable(workdir: str) -> None:
             "writable --workdir with free space.") from error
 
 
+_LOCKS: dict[str, list] = {}   # realpath of a workdir -> [open lock file, holders]
+
+
+def lock_workdir(workdir: str) -> None:
+    """Takes the run directory's exclusive lock, or says which process holds it.
+
+    ``fcntl.flock`` on WORKDIR/.lock: the kernel releases it when the holder exits in any
+    way (kill -9 included), so a lock is never stale. Re-entrant within one process.
+    """
+    key = os.path.realpath(workdir)
+    if key in _LOCKS:
+        _LOCKS[key][1] += 1
+        return
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(os.path.join(workdir, ".lock"), "a+")  # noqa: SIM115 (held until unlock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CheckpointError(
+            f"{workdir!r} is in use by {holder}; wait for it to end (or stop it), or use "
+            "another --workdir.") from error
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _LOCKS[key] = [handle, 1]
+
+
+def unlock_workdir(workdir: str) -> None:
+    """Releases one ``lock_workdir``; the lock is freed when the last holder releases it."""
+    key = os.path.realpath(workdir)
+    if key not in _LOCKS:
+        return
+    _LOCKS[key][1] -= 1
+    if _LOCKS[key][1] == 0:
+        handle = _LOCKS.pop(key)[0]
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def _atomic_write(path: str, text: str) -> None:
     directory = os.path.dirname(path) or "."
     with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
@@ -71,8 +119,13 @@ def load_config(workdir: str) -> config_lib.Config:
         raise CheckpointError(
             f"{path} not found: {workdir!r} is not a run directory of train.py. Pass the "
             "--workdir that train.py wrote to.")
-    with open(path) as handle:
-        return config_lib.from_json(handle.read())
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return config_lib.from_json(handle.read())
+    except (UnicodeDecodeError, json.JSONDecodeError, config_lib.ConfigError) as error:
+        raise CheckpointError(
+            f"{path} is damaged ({error}); restore it (e.g. from a copy, or rewrite it with "
+            "the train.py flags of the run).") from error
 
 
 def config_differences(saved: config_lib.Config, new: config_lib.Config) -> list[str]:
@@ -88,6 +141,35 @@ def config_differences(saved: config_lib.Config, new: config_lib.Config) -> list
                 differences.append(
                     f"{section}.{key}: {old_values[key]!r} -> {new_values.get(key)!r}")
     return differences
+
+
+# Train fields whose switching on or off changes the saved state's tree (value = "off").
+_STRUCTURAL = {"weight_decay": 0.0, "gradient_clip_norm": 0.0, "gradient_accumulation": 1}
+
+
+def train_changes(saved: config_lib.Config, new: config_lib.Config
+                  ) -> tuple[list[str], list[str]]:
+    """Section-train changes on resume: (accepted ones, ones the saved state cannot take).
+
+    Schedule-like fields only change what happens from now on. Switching EMA on or off is
+    accepted (the loop migrates the state); switching weight decay, clipping or gradient
+    accumulation on or off changes the optimizer state's structure and is refused.
+    """
+    old, now = config_lib.to_dict(saved)["train"], config_lib.to_dict(new)["train"]
+    accepted, refused = [], []
+    for key in sorted(old):
+        if old[key] == now.get(key):
+            continue
+        change = f"train.{key}: {old[key]!r} -> {now.get(key)!r}"
+        off = _STRUCTURAL.get(key)
+        if off is not None and (old[key] == off) != (now.get(key) == off):
+            refused.append(change)
+        elif key == "ema_decay" and (old[key] > 0) != (now[key] > 0):
+            accepted.append(change + (" (EMA starts from the current parameters)"
+                                      if now[key] > 0 else " (the saved EMA is dropped)"))
+        else:
+            accepted.append(change)
+    return accepted, refused
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -106,8 +188,27 @@ def _manager(directory: str, keep: int, async_save: bool, read_only: bool = Fals
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=_score, best_mode="max",
         enable_async_checkpointing=async_save,
-        read_only=read_only, create=not read_only)
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+        read_only=read_only, create=not read_only,
+        # Synchronous directory creation: a read-only or full disk then fails in save()
+        # itself; created in the background, the failure left Orbax's threads waiting forever.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+    return _Manager(directory, options=options, item_names=("state", "data"))
+
+
+class _Manager(ocp.CheckpointManager):
+    """A CheckpointManager for which an unreadable metrics file means "no score".
+
+    Orbax reads every step's metrics when it opens a directory; one garbage
+    ``<step>/metrics/metrics`` would otherwise stop training and decoding alike.
+    """
+
+    def metrics(self, step: int) -> Any:
+        try:
+            return super().metrics(step)
+        except Exception as error:
+            log.warning("the validation score saved with checkpoint %s in %s is unreadable "
+                        "(%s); ignoring it.", step, self.directory, _short(error))
+            return None
 
 
 class Checkpoints:
@@ -128,7 +229,21 @@ class Checkpoints:
         """Starts saving ``state`` (a host pytree) and the data iterator state at ``step``."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(data_state or {}))
-        self._manager.save(step, args=args, metrics=metrics, force=True)
+        needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        if free < 2 * needed + 2**20:  # caught here, a full disk gives one clean message
+            raise self._save_failed(OSError(
+                f"{free} bytes free, checkpoint {step} needs about {needed}"))
+        try:
+            self._manager.save(step, args=args, metrics=metrics, force=True)
+        except Exception as error:  # Orbax re-raises a failed earlier save here, too
+            raise self._save_failed(error) from error
+
+    def _save_failed(self, error: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"saving a checkpoint into {self.directory} failed ({_short(error)}); free disk "
+            "space or make it writable, then run the same command to resume from the last "
+            "complete checkpoint.")
 
     def steps(self) -> list[int]:
         self._manager.reload()
@@ -139,49 +254,95 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        """Step with the highest validation score (train.best_metric) so far, or None."""
-        self._manager.reload()
-        return self._manager.best_step()
+        """Step with the highest validation score (train.best_metric) so far, or None.
+
+        Steps whose saved score cannot be read (a damaged metrics file) are left out.
+        """
+        scores = {step: self.score(step) for step in self.steps()}
+        scored = [step for step in scores if scores[step] is not None]
+        return max(scored, key=lambda step: (scores[step], step)) if scored else None
 
     def score(self, step: int) -> float | None:
-        """The validation score saved with ``step``, or None when it was saved without one."""
+        """The validation score saved with ``step``, or None (none saved, or unreadable)."""
         metrics = self._manager.metrics(step)
-        return float(metrics["score"]) if metrics and "score" in metrics else None
+        try:
+            return float(metrics["score"]) if isinstance(metrics, dict) else None
+        except (KeyError, TypeError, ValueError):
+            return None
 
-    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
-        """Restores (state, data_state, step); the newest readable step when ``step`` is None.
+    def restore(self, target: Any, step: int | None = None, fallback: bool | None = None,
+                move_damaged: bool = False) -> tuple[Any, dict, int]:
+        """Restores (state, data_state, step): ``step`` (default: the newest one).
 
-        A checkpoint that fails to read (corrupted or truncated files) is reported and the
-        previous one is tried, so one bad write costs one interval of training, not the run.
+        A checkpoint that fails to read (corrupted or truncated files) is reported and, with
+        ``fallback`` (default: when no step is asked for), the next newest is tried, so
+        one bad write costs one interval of training, not the run. ``move_damaged``
+        (training) then moves the unreadable newer steps to ``<directory>.damaged/`` so
+        that training can save those steps again.
         """
-        candidates = [step] if step is not None else list(reversed(self.steps()))
-        if not candidates:
-            raise CheckpointError(f"no checkpoint in {self.directory}.")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        steps = list(reversed(self.steps()))
+        if not steps or (step is not None and step not in steps):
+            raise CheckpointError(
+                f"no checkpoint {'' if step is None else step} in {self.directory} "
+                f"(steps there: {sorted(steps) or 'none'}); pick one with --checkpoint.")
+        first = steps[0] if step is None else step
+        fallback = step is None if fallback is None else fallback
+        candidates = [first] + ([s for s in steps if s != first] if fallback else [])
+        damaged = []
         for candidate in candidates:
             try:
-                restored = self._manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+                state, data_state = self._restore_one(target, candidate)
+            except CheckpointError:
+                raise
             except Exception as error:
-                if step is not None:
+                if not fallback:
                     raise CheckpointError(
-                        f"checkpoint {candidate} in {self.directory} cannot be restored: "
-                        f"{_short(error)}") from error
-                log.warning("checkpoint %s in %s is unreadable (%s); trying the previous one.",
+                        f"checkpoint {candidate} in {self.directory} cannot be restored "
+                        f"({_short(error)}); pick another one with --checkpoint (steps: "
+                        f"{sorted(steps)}).") from error
+                damaged.append(candidate)
+                log.warning("checkpoint %s in %s is unreadable (%s); trying another one.",
                             candidate, self.directory, _short(error))
                 continue
-            _check_shapes(restored.state, target, f"{self.directory}/{candidate}")
-            return restored.state, dict(restored.data or {}), candidate
+            if damaged:
+                self._set_aside(damaged, candidate, move_damaged)
+            return state, data_state, candidate
         raise CheckpointError(
-            f"none of the checkpoints {candidates} in {self.directory} can be read; start "
-            "fresh in a new --workdir.")
+            f"none of the checkpoints {sorted(candidates)} in {self.directory} can be read; "
+            "start fresh in a new --workdir.")
+
+    def _restore_one(self, target: Any, step: int) -> tuple[Any, dict]:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        _check_shapes(restored.state, target, f"{self.directory}/{step}")
+        return restored.state, dict(restored.data or {})
+
+    def _set_aside(self, damaged: list[int], used: int, move: bool) -> None:
+        """Reports the unreadable steps; moves those newer than ``used`` aside (training)."""
+        aside = f"{self.directory}.damaged"
+        newer = [step for step in damaged if step > used] if move else []
+        for step in newer:
+            os.makedirs(aside, exist_ok=True)
+            target = os.path.join(aside, str(step))
+            if os.path.exists(target):
+                target += time.strftime(".%Y%m%d-%H%M%S")
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        if newer:
+            self._manager.reload()
+        moved = f"; moved {newer} to {aside}/ (kept for inspection)" if newer else ""
+        print(f"warning: checkpoint(s) {damaged} in {self.directory} are unreadable; using "
+              f"checkpoint {used}{moved}.", file=sys.stderr)
 
     def delete(self, step: int) -> None:
         self._manager.delete(step)
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk; a failed one raises."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._save_failed(error) from error
 
     def close(self) -> None:
         self._manager.close()
@@ -268,7 +429,8 @@ def restore_params(workdir: str, target: Any, which: str = "best",
         step = checkpoints.best_step() if subdir == "checkpoints" else None
     elif which not in ("latest", "averaged"):
         step = int(which)
-    state, _, step = checkpoints.restore(target, step)
+    # "best" and "latest" fall back to the newest readable checkpoint; a step number does not.
+    state, _, step = checkpoints.restore(target, step, fallback=which in ("best", "latest"))
     checkpoints.close()
     if use_ema and state.ema_params is None:
         raise CheckpointError("this run kept no EMA of parameters (train.ema_decay was 0).")

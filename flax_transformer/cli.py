@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 
 from flax_transformer import config as config_lib
 
@@ -44,3 +46,18 @@ def fail(message: str) -> None:
     """Prints one clear line and exits with status 2 (a user error, not a crash)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def exit_within(seconds: float) -> None:
+    """Makes sure the process ends ``seconds`` from now even if a library thread hangs.
+
+    Python waits for every non-daemon thread at exit; after a failed checkpoint save,
+    some of Orbax's background threads wait forever for signals that never come.
+    """
+    def end() -> None:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(2)
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()

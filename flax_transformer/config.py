@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 
 def _field(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+_MAX_VOCABULARY = 2**24
 
 
 class ConfigError(ValueError):
@@ -58,6 +62,14 @@ class ModelConfig:
         _one_of(self, "norm", ("post_ln", "pre_ln"))
         _one_of(self, "dtype", ("float32", "bfloat16"))
         _one_of(self, "param_dtype", ("float32", "bfloat16"))
+        _positive(self, "layer_norm_epsilon")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ConfigError(f"model.pad_id={self.pad_id} must be a token id in [0, "
+                              f"model.vocab_size={self.vocab_size}).")
+        if self.vocab_size > _MAX_VOCABULARY:
+            raise ConfigError(f"model.vocab_size={self.vocab_size} is larger than "
+                              f"{_MAX_VOCABULARY:,} (token ids are int32 and SentencePiece "
+                              "needs far fewer); choose a smaller vocabulary.")
 
     @property
     def head_dim(self) -> int:
@@ -166,6 +178,7 @@ class TrainConfig:
         _in_unit_interval(self, "label_smoothing", "ema_decay", "adam_beta1", "adam_beta2")
         _one_of(self, "parallelism", ("pmap", "mesh"))
         _one_of(self, "best_metric", (*TRANSLATION_METRICS, "accuracy", "loss", "perplexity"))
+        _seed_range(self, "seed")
 
 
 TRANSLATION_METRICS = ("bleu", "chrf", "exact_match")
@@ -222,6 +235,7 @@ class DecodeConfig:
         _non_negative(self, "length_penalty", "max_extra_length", "top_k")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"decode.top_p={self.top_p} must be in (0, 1].")
+        _seed_range(self, "seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -450,22 +464,48 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    """Rebuilds a Config from ``to_dict`` output (e.g. a run's config.json)."""
+    """Rebuilds a Config from ``to_dict`` output (e.g. a run's config.json).
+
+    Values are checked as strictly as the command line checks them: of the field's type,
+    and valid.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config is a JSON object of sections, not {type(values).__name__}.")
     sections = {}
     for f in dataclasses.fields(Config):
         if f.name == "name":
             continue
         section_type = typing.get_type_hints(Config)[f.name]
         hints = typing.get_type_hints(section_type)
-        raw = dict(values.get(f.name, {}))
+        raw = values.get(f.name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config section {f.name!r} is {json.dumps(raw)}, not an object "
+                              "of fields.")
+        raw = dict(raw)
         unknown = set(raw) - set(hints)
         if unknown:
             raise ConfigError(f"unknown keys in config section {f.name!r}: {sorted(unknown)}")
-        for key, kind in hints.items():
-            if key in raw and typing.get_origin(kind) is tuple:
-                raw[key] = tuple(raw[key])
+        for key in raw:
+            raw[key] = _typed(f"{f.name}.{key}", hints[key], raw[key])
         sections[f.name] = section_type(**raw)
-    return Config(name=values.get("name", "custom"), **sections).validate()
+    return Config(name=str(values.get("name", "custom")), **sections).validate()
+
+
+def _typed(dotted: str, kind: Any, value: Any) -> Any:
+    """``value`` from JSON as a value of ``kind``, or a ConfigError naming the field."""
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, list) and all(_is_int(item) for item in value):
+            return tuple(value)
+    elif kind is float and (_is_int(value) or isinstance(value, float)):
+        return float(value)
+    elif (kind is int and _is_int(value)) or (kind in (bool, str) and type(value) is kind):
+        return value
+    name = getattr(kind, "__name__", "list of ints")
+    raise ConfigError(f"{dotted}={json.dumps(value)} is not a valid {name}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def to_json(config: Config) -> str:
@@ -480,7 +520,11 @@ def _check(section: Any, names: tuple[str, ...], ok, requirement: str) -> None:
     section_name = type(section).__name__.replace("Config", "").lower()
     for name in names:
         value = getattr(section, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{section_name}.{name}={value!r} must be a number.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{section_name}.{name}={value!r} must be a finite number.")
+        if not ok(value):
             raise ConfigError(f"{section_name}.{name}={value!r} must be {requirement}.")
 
 
@@ -494,6 +538,10 @@ def _non_negative(section: Any, *names: str) -> None:
 
 def _in_unit_interval(section: Any, *names: str) -> None:
     _check(section, names, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _seed_range(section: Any, name: str) -> None:
+    _check(section, (name,), lambda v: 0 <= v < 2**32, "in [0, 2**32)")
 
 
 def _one_of(section: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from flax_transformer import checkpoint, data, evaluation, plots, training, translate
+from flax_transformer import checkpoint, data, evaluation, plots, preflight, training, translate
 from flax_transformer import config as config_lib
 from flax_transformer.data import batching
 from flax_transformer.model import Transformer
@@ -35,7 +35,8 @@ class InferenceError(ValueError):
     """Input that decode.py cannot use; the message says what was wrong and what to do."""
 
 
-DECODE_USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError)
+DECODE_USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError,
+                      preflight.PreflightError, data.DataError)
 
 
 # --------------------------------------------------------------------------- restoring
@@ -322,9 +323,14 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     The streams default to sys.stdin/stdout/stderr as they are at call time.
     """
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    preflight.check_request(request.workdir, request.decode_overrides, request.input_file,
+                            request.output_file, request.attention_plot)  # before the restore
     restored = restore(request.workdir, request.checkpoint, request.use_ema)
     decode_config = decode_config_for(restored.config, request.decode_overrides)
     lines = input_lines(request, stdin)
+    if count := preflight.meaningless_lines(lines):
+        print(f"warning: {count} line(s) hold no letter or digit (only emoji, symbols or "
+              "control characters); their translations are guesses.", file=stderr)
     references = read_text_file(request.reference_file) if request.reference_file else None
     if references is not None:
         check_counts(len(lines), references, request.reference_file)  # before decoding

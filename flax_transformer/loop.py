@@ -31,6 +31,44 @@ class TrainingError(RuntimeError):
     """Training cannot start or cannot go on; the message says why and what to do."""
 
 
+class StopRequested(Exception):  # noqa: N818 (a request, not an error)
+    """A stop request (SIGTERM/SIGINT) arrived during validation, averaging or the report."""
+
+
+class _Stop:
+    """SIGTERM/SIGINT: the first asks to stop, the second exits at once.
+
+    During training steps the request is only noted (the loop saves and returns after the
+    current step); inside ``interruptible()`` phases it raises StopRequested right away.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._interruptible = False
+
+    def __call__(self, signum, frame):
+        del frame
+        if self.requested:
+            print(f"\nsecond stop request (signal {signum}): exiting now; the complete "
+                  "checkpoints on disk are kept.", flush=True)
+            os._exit(128 + signum)
+        self.requested = True
+        log.warning("received signal %d: stopping (a second one exits at once).", signum)
+        if self._interruptible:
+            raise StopRequested(signum)
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A phase that a stop request ends at once (nothing in it needs saving)."""
+        if self.requested:
+            raise StopRequested()
+        outer, self._interruptible = self._interruptible, True
+        try:
+            yield
+        finally:
+            self._interruptible = outer
+
+
 @dataclasses.dataclass
 class _Run:
     """What the loop carries between steps (host-side only)."""
@@ -39,35 +77,50 @@ class _Run:
     workdir: str
     strategy: Any
     checkpoints: checkpoint.Checkpoints
-    writer: Any
     train_batches: Any
     evaluator: evaluation.Evaluator
     root_rng: jax.Array
+    stop: _Stop
+    saved_config: Config | None = None
+    writer: Any = None
     step: int = 0
-    stop_requested: bool = False
     last_batch_shape: tuple[int, int, int] = (1, 1, 1)   # global (B, S, T)
     interval_flops: float = 0.0   # model FLOPs of the steps since the last train log
     last_eval: dict = dataclasses.field(default_factory=dict)
 
 
-def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> None:
-    """Checks the workdir can be written and holds no run of a different config."""
+def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> Config | None:
+    """Checks the workdir can be written and holds no run it cannot resume.
+
+    Changes nothing in a run directory (config.json is written once the restore it
+    depends on has succeeded); ``fresh`` moves a run of another config aside.
+
+    Returns:
+      the config saved in the workdir (None for a new run).
+    """
     checkpoint.check_writable(workdir)
-    if os.path.exists(checkpoint.config_path(workdir)):
-        saved = checkpoint.load_config(workdir)
-        differences = checkpoint.config_differences(saved, config)
-        if differences and not fresh:
-            raise TrainingError(
-                f"{workdir!r} holds a run with a different config ({'; '.join(differences)}). "
-                "Use another --workdir, or pass --fresh to move the old run aside and start "
-                "over.")
-        if differences and fresh:
-            backup = f"{workdir.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-            shutil.move(workdir, backup)
-            log.warning("moved the previous run to %s", backup)
-            checkpoint.check_writable(workdir)
-    if jax.process_index() == 0:
-        checkpoint.save_config(workdir, config)
+    if not os.path.exists(checkpoint.config_path(workdir)):
+        return None
+    saved = checkpoint.load_config(workdir)
+    accepted, refused = checkpoint.train_changes(saved, config)
+    differences = checkpoint.config_differences(saved, config) + refused
+    if differences and not fresh:
+        raise TrainingError(
+            f"{workdir!r} holds a run with a different config ({'; '.join(differences)}); "
+            "its checkpoints cannot continue under the new one. Use another --workdir, or "
+            "pass --fresh to move the old run aside and start over.")
+    if differences:
+        backup = f"{workdir.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        checkpoint.unlock_workdir(workdir)  # the lock file moves with the old run
+        shutil.move(workdir, backup)
+        log.warning("moved the previous run to %s", backup)
+        checkpoint.check_writable(workdir)
+        if jax.process_index() == 0:
+            checkpoint.lock_workdir(workdir)
+        return None
+    if accepted and jax.process_index() == 0:
+        print(f"resuming with changed training settings: {'; '.join(accepted)}")
+    return saved
 
 
 def load_data(config: Config, workdir: str) -> tuple[dict, Any]:
@@ -89,8 +142,9 @@ def _batch_data(config: Config) -> Any:
     return data.batch_config(config.data) if config.model.monolingual else config.data
 
 
-def _setup(config: Config, workdir: str) -> _Run:
+def _setup(config: Config, workdir: str, stop: _Stop) -> _Run:
     splits, tokenizer = load_data(config, workdir)
+    _warn_skipped(splits)
     # A small corpus may yield fewer pieces than asked for; more would overflow the embedding.
     if tokenizer.vocab_size > config.model.vocab_size:
         raise TrainingError(
@@ -102,14 +156,20 @@ def _setup(config: Config, workdir: str) -> _Run:
         process_index=jax.process_index(), process_count=jax.process_count())
     validation = evaluation.first_examples(splits["validation"], config.eval.max_examples)
     evaluator = evaluation.Evaluator(config, validation, tokenizer, strategy)
-    from flax_transformer.metrics_writer import MetricsWriter
-
     return _Run(config=config, workdir=workdir, strategy=strategy,
                 checkpoints=checkpoint.Checkpoints(workdir, config.train.keep_checkpoints),
-                writer=MetricsWriter(workdir, enabled=jax.process_index() == 0),
-                train_batches=train_batches, evaluator=evaluator,
+                train_batches=train_batches, evaluator=evaluator, stop=stop,
                 # rbg keys: dropout bits ~12% cheaper on CPU than threefry (benchmarks/).
                 root_rng=jax.random.key(config.train.seed, impl="rbg"))
+
+
+def _warn_skipped(splits: dict) -> None:
+    """Says how many pairs the data preparation left out (empty sides, invalid UTF-8)."""
+    for name, pairs in splits.items():
+        counts = {why: n for why, n in dict(getattr(pairs, "skipped", {})).items() if n}
+        if counts and jax.process_index() == 0:
+            print(f"warning: {sum(counts.values())} {name} pair(s) left out ("
+                  + ", ".join(f"{why}: {n}" for why, n in sorted(counts.items())) + ")")
 
 
 def _initial_state(run: _Run) -> Any:
@@ -118,11 +178,31 @@ def _initial_state(run: _Run) -> Any:
     state = jax.device_get(training.create_train_state(run.config, init_rng))
     if run.checkpoints.latest_step() is None:
         return state
-    state, data_state, step = run.checkpoints.restore(state)
+    wants_ema = state.ema_params is not None
+    saved_ema = run.saved_config.train.ema_decay > 0 if run.saved_config else wants_ema
+    restored, data_state, step = run.checkpoints.restore(
+        _with_ema(state, saved_ema), move_damaged=jax.process_index() == 0)
+    state = _with_ema(restored, wants_ema)
     run.train_batches.set_state(data_state)
     run.step = int(step)
     log.info("resumed from %s/%d", run.checkpoints.directory, step)
     return state
+
+
+def _with_ema(state: Any, on: bool) -> Any:
+    """``state`` with an EMA (starting from its parameters when it had none) or without."""
+    if not on:
+        return state.replace(ema_params=None)
+    return state if state.ema_params is not None else state.replace(ema_params=state.params)
+
+
+def _start_writing(run: _Run) -> None:
+    """After a successful restore: the run's config.json and its metrics writer."""
+    from flax_transformer.metrics_writer import MetricsWriter
+
+    if jax.process_index() == 0:
+        checkpoint.save_config(run.workdir, run.config)
+    run.writer = MetricsWriter(run.workdir, enabled=jax.process_index() == 0)
 
 
 def _announce(run: _Run) -> None:
@@ -144,18 +224,19 @@ def _announce(run: _Run) -> None:
         print(f"resuming at step {run.step} of {config.train.num_steps}")
 
 
-def _install_signal_handlers(run: _Run) -> dict:
-    """SIGTERM/SIGINT ask the loop to save and stop after the current step."""
-    def request_stop(signum, frame):
-        del frame
-        run.stop_requested = True
-        log.warning("received signal %d: saving a checkpoint and stopping.", signum)
+def _install_signal_handlers(stop: _Stop) -> dict:
+    """SIGTERM/SIGINT go to ``stop``; returns the previous handlers."""
     previous = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         # Outside the main thread (e.g. some notebook runners) no handler can be set.
         with contextlib.suppress(ValueError):
-            previous[signum] = signal.signal(signum, request_stop)
+            previous[signum] = signal.signal(signum, stop)
     return previous
+
+
+def _restore_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _save(run: _Run, state: Any, metrics: dict | None = None) -> None:
@@ -200,7 +281,8 @@ def _mfu(run: _Run, flops: float, seconds: float) -> dict[str, float]:
 
 
 def _evaluate(run: _Run, state: Any) -> dict:
-    results = run.evaluator.evaluate(state)
+    with run.stop.interruptible():
+        results = run.evaluator.evaluate(state)
     run.writer.write(run.step, "validation", results)
     run.last_eval = results
     if jax.process_index() == 0:
@@ -216,7 +298,7 @@ def _train_steps(run: _Run, state: Any) -> Any:
     interval_metrics, interval_tokens, interval_start = None, 0, time.perf_counter()
     with tqdm(total=train.num_steps, initial=run.step, desc="train", unit="step",
               disable=jax.process_index() != 0, dynamic_ncols=True) as bar:
-        while run.step < train.num_steps and not run.stop_requested:
+        while run.step < train.num_steps and not run.stop.requested:
             batch = next(run.train_batches)
             rng = parallel.step_rng(run.root_rng, run.step + 1)
             state, metrics = run.strategy.train_step(state, run.strategy.put_batch(batch), rng)
@@ -236,36 +318,77 @@ def _train_steps(run: _Run, state: Any) -> Any:
                 interval_start = time.perf_counter()
             metrics_for_save = None
             if run.step % train.eval_every == 0 or run.step == train.num_steps:
-                metrics_for_save = {"score": evaluation.score(_evaluate(run, state),
-                                                              train.best_metric)}
+                with contextlib.suppress(StopRequested):  # saved below, without a score
+                    metrics_for_save = {"score": evaluation.score(_evaluate(run, state),
+                                                                  train.best_metric)}
             if (run.step % train.checkpoint_every == 0 or run.step == train.num_steps
-                    or metrics_for_save or run.stop_requested):
+                    or metrics_for_save or run.stop.requested):
                 _save(run, state, metrics_for_save)
     return state
 
 
 def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dict:
-    """Trains (or resumes) the run in ``workdir``; returns the last evaluation results."""
+    """Trains (or resumes) the run in ``workdir``; returns the last evaluation results
+    (empty when a stop request ended it early)."""
     config.validate()
-    prepare_workdir(config, workdir, fresh)
-    run = _setup(config, workdir)
+    stop = _Stop()
+    checkpoint.check_writable(workdir)
+    previous_handlers = _install_signal_handlers(stop)
+    try:
+        _lock(workdir)
+    except BaseException:
+        _restore_handlers(previous_handlers)
+        raise
+    try:
+        return _train_locked(config, workdir, fresh, stop)
+    except StopRequested:
+        print("stopped before training went on; nothing lost. Run the same command to "
+              "continue.")
+        return {}
+    finally:
+        _restore_handlers(previous_handlers)
+        if jax.process_index() == 0:
+            checkpoint.unlock_workdir(workdir)
+
+
+def _lock(workdir: str) -> None:
+    """One training job per workdir: process 0 holds the lock for all processes."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            checkpoint.lock_workdir(workdir)
+        except checkpoint.CheckpointError as caught:
+            error = caught
+    if not parallel.all_processes_ok(error is None):
+        raise error or TrainingError(f"process 0 could not lock {workdir!r}; see its output.")
+
+
+def _train_locked(config: Config, workdir: str, fresh: bool, stop: _Stop) -> dict:
+    saved = prepare_workdir(config, workdir, fresh)
+    with stop.interruptible():
+        run = _setup(config, workdir, stop)
+    run.saved_config = saved
     state = _initial_state(run)
+    _start_writing(run)
     _announce(run)
-    previous_handlers = _install_signal_handlers(run)
     try:
         state = _train_steps(run, run.strategy.put_state(state))
-        if not run.stop_requested and not run.last_eval:  # resumed a finished run
-            _evaluate(run, state)
-        if not run.stop_requested and config.train.average_last > 1:
-            _average_last(run)
+        with run.stop.interruptible():
+            if not run.last_eval:  # resumed a finished run
+                _evaluate(run, state)
+            if config.train.average_last > 1:
+                _average_last(run)
+    except StopRequested:
+        pass
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-        run.checkpoints.wait()
-        run.writer.close()
-    if run.stop_requested:
-        print(f"stopped at step {run.step}; checkpoint saved. Run the same command to resume.")
+        try:
+            run.checkpoints.wait()
+        finally:
+            run.writer.close()
     run.checkpoints.close()
+    if run.stop.requested:
+        print(f"stopped at step {run.step}; checkpoint saved. Run the same command to resume.")
+        return {}
     return run.last_eval
 
 
@@ -295,6 +418,22 @@ def _average_last(run: _Run) -> None:
 USER_ERRORS = (TrainingError, checkpoint.CheckpointError, data.DataError, FileNotFoundError)
 
 
+def _report_or_stop(config: Config, workdir: str) -> dict | None:
+    """The test report, ended at once (None) by a stop request."""
+    stop = _Stop()
+    previous_handlers = _install_signal_handlers(stop)
+    try:
+        with stop.interruptible():
+            # Every process takes part: Orbax restores are collective across processes.
+            return report_test(config, workdir, verbose=jax.process_index() == 0)
+    except StopRequested:
+        print("stopped during the test report; training is complete. Run the same command "
+              "to write the report.")
+        return None
+    finally:
+        _restore_handlers(previous_handlers)
+
+
 def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool = True) -> dict:
     """Decodes the test split (eval.test_report: all or its first N) with the best
     checkpoint; prints scores and examples. decoder_only/encoder_only: loss metrics.
@@ -305,6 +444,10 @@ def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool =
     if config.model.monolingual:
         return _report_test_text(config, workdir, verbose)
     splits, tokenizer = load_data(config, workdir)
+    if not len(splits["test"]):
+        if verbose:
+            print("\nno test split (data.test_files is empty): no test report.")
+        return {}
     splits["test"] = evaluation.first_examples(splits["test"], config.eval.test_examples)
     target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
     params, _, what = checkpoint.restore_params(workdir, target, "best")
@@ -374,10 +517,12 @@ def main(config: Config, workdir: str, fresh: bool = False) -> dict:
     results = train_and_evaluate(config, workdir, fresh)
     if not results:  # stopped early by a signal
         return results
-    # Every process takes part: Orbax restores are collective across processes.
+    report = {}
     if config.eval.test_report != "off":
-        results = {**results, **report_test(config, workdir,
-                                             verbose=jax.process_index() == 0)}
+        report = _report_or_stop(config, workdir)
+        if report is None:
+            return {}
+    results = {**results, **report}
     results["wall_seconds"] = time.perf_counter() - start
     if jax.process_index() != 0:
         return results

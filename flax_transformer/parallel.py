@@ -40,10 +40,23 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0,
         process_id = int(os.environ.get("JAX_PROCESS_ID", "-1"))
     if num_processes <= 1 and not coordinator:
         return False
+    host = coordinator.rsplit(":", 1)[0] if coordinator else ""
+    # A loopback coordinator listens on loopback only (JAX binds all interfaces otherwise).
+    bind = coordinator if host in ("127.0.0.1", "localhost", "[::1]") else None
     jax.distributed.initialize(coordinator_address=coordinator or None,
                                num_processes=num_processes or None,
-                               process_id=None if process_id < 0 else process_id)
+                               process_id=None if process_id < 0 else process_id,
+                               coordinator_bind_address=bind)
     return True
+
+
+def all_processes_ok(ok: bool) -> bool:
+    """Whether ``ok`` holds in every process (so that all stop together when one cannot go on)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def barrier(name: str) -> None:

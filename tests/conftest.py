@@ -6,3 +6,64 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import contextlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+
+class Child:
+    """A train.py (or other) subprocess in its own process group, output in a log file."""
+
+    def __init__(self, args, log_path, env=None):
+        self.log_path = log_path
+        self._log = open(log_path, "w+")  # noqa: SIM115 (closed by stop())
+        # Files, not pipes: a full pipe would block the child.
+        self.process = subprocess.Popen(args, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        with open(self.log_path, errors="replace") as handle:
+            return handle.read()
+
+    def wait_for(self, text: str, timeout: float = 600) -> None:
+        """Polls the child's output until ``text`` appears (an event, not a fixed delay)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} did not appear in the output of "
+                             f"{self.process.args[:2]}:\n{self.output()[-3000:]}")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 600) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Kills the whole process group (children of the child too), whatever happened."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_child():
+    """Starts subprocesses that are killed, with their process groups, when the test ends."""
+    children = []
+
+    def start(args, log_path, env=None) -> Child:
+        children.append(Child(args, str(log_path), env))
+        return children[-1]
+    yield start
+    for child in children:
+        child.stop()

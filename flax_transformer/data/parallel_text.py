@@ -37,9 +37,13 @@ def resolve_file(prefix: str, language: str) -> Path:
 def read_lines(path: Path) -> Iterator[bytes]:
     """The raw lines of a plain or gzip'd file, without their line endings."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for line in handle:
-            yield line.rstrip(b"\r\n")
+    try:
+        with opener(path, "rb") as handle:
+            for line in handle:
+                yield line.rstrip(b"\r\n")
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise DataError(f"{path} is named .gz but is not complete gzip data ({error}); "
+                        "rename it without .gz if it is plain text, or re-download it.") from error
 
 
 def check_aligned(source_path: Path, target_path: Path) -> int:

@@ -8,6 +8,8 @@ catalogue dataset such as ``wmt14_translate/de-en``.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ class TextPairs(Sequence):
                  skipped: dict[str, int] | None = None):
         self._records, self._keys = records, (source_key, target_key)
         self.skipped = dict(skipped or {})
+        self._batched = True
 
     def __len__(self) -> int:
         return len(self._records)
@@ -43,8 +46,15 @@ class TextPairs(Sequence):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, str]]:
         """Many records at once (array_record reads them in one call)."""
-        if hasattr(self._records, "__getitems__"):
-            return [self._convert(record) for record in self._records.__getitems__(indices)]
+        if self._batched and hasattr(self._records, "__getitems__"):
+            try:
+                records = self._records.__getitems__(list(indices))
+            except TypeError:
+                # tfds.testing.mock_data's sources take no batched reads (their
+                # __getitems__ is an unbound function); read them one by one instead.
+                self._batched = False
+            else:
+                return [self._convert(record) for record in records]
         return [self[index] for index in indices]
 
     def _convert(self, record: dict[str, Any]) -> dict[str, str]:
@@ -109,6 +119,8 @@ def load_splits(config: DataConfig, workdir: str) -> dict[str, Sequence[dict[str
       a split the dataset lacks (e.g. no ``data.test_files``) is an empty list.
     """
     builder = _builder(config, data_dir(config, workdir))
+    if not isinstance(builder, (NumberWords, ParallelText)):
+        _check_download_possible(config, builder)
     try:
         builder.download_and_prepare()
     except ImportError as error:  # catalogue builders may download and parse with TensorFlow
@@ -124,6 +136,40 @@ def load_splits(config: DataConfig, workdir: str) -> dict[str, Sequence[dict[str
         if split in known else []
         for split in SPLITS
     }
+
+
+_REAL_DOWNLOAD = tfds.core.DatasetBuilder.download_and_prepare.__qualname__
+# Where the downloads come from: statmt.org for the WMT builders, else Google's storage.
+_PROBE_HOSTS = {"wmt": ("www.statmt.org", 80), "": ("storage.googleapis.com", 443)}
+
+
+def _check_download_possible(config: DataConfig, builder: tfds.core.DatasetBuilder,
+                             seconds: float = 5.0) -> None:
+    """Fails within seconds, saying what to do, when a catalogue dataset must be downloaded
+    but the network is unreachable (TFDS would retry for minutes)."""
+    download = getattr(type(builder).download_and_prepare, "__qualname__", "")
+    if builder.is_prepared() or download != _REAL_DOWNLOAD:
+        return  # prepared already, or tfds.testing.mock_data stands in for the download
+    host = next(host for prefix, host in _PROBE_HOSTS.items()
+                if config.dataset.startswith(prefix))
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(host, timeout=seconds).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+    thread = threading.Thread(target=probe, daemon=True)  # bounds a hanging DNS lookup too
+    thread.start()
+    thread.join(seconds)
+    if not outcome or outcome[0] is not None:
+        cause = outcome[0] if outcome else f"no answer in {seconds:.0f} s"
+        raise DataError(
+            f"data.dataset={config.dataset!r} must be downloaded first, but the network is "
+            f"unreachable ({host[0]}: {cause}); run once with network access (the "
+            f"prepared data is kept in {builder.data_dir}), or set data.data_dir to a copy "
+            "prepared elsewhere.")
 
 
 def describe(config: DataConfig) -> str:

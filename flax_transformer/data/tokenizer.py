@@ -39,7 +39,15 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str) -> Tokenizer:
         with open(path, "rb") as handle:
-            return cls(handle.read())
+            proto = handle.read()
+        try:
+            return cls(proto)
+        except (RuntimeError, OSError) as error:  # SentencePiece: garbage or empty file
+            raise DataError(
+                f"{path} is not a readable SentencePiece model ({len(proto)} bytes: "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                "restore it from a copy of the run (the checkpoints need this exact "
+                "vocabulary).") from error
 
     @classmethod
     def train(cls, sentences: Iterable[str], path: str, vocab_size: int,
@@ -100,7 +108,7 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` up to the first EOS; padding and BOS are skipped."""
-        return self._processor.decode(self.content_ids(ids))
+        return self._processor.decode([self._known(i) for i in self.content_ids(ids)])
 
     @property
     def mask_id(self) -> int | None:
@@ -108,7 +116,13 @@ class Tokenizer:
         return MASK_ID if self._processor.piece_to_id(MASK_PIECE) == MASK_ID else None
 
     def id_to_piece(self, ids: Sequence[int]) -> list[str]:
-        return [self._processor.id_to_piece(int(i)) for i in np.asarray(ids).reshape(-1)]
+        return [self._processor.id_to_piece(self._known(int(i)))
+                for i in np.asarray(ids).reshape(-1)]
+
+    def _known(self, token: int) -> int:
+        """``token``, or <unk> for ids past a vocabulary smaller than the model's (a small
+        corpus gives fewer pieces than data.vocab_size; the model may still predict them)."""
+        return token if 0 <= token < self.vocab_size else UNK_ID
 
     def __getstate__(self) -> bytes:  # worker processes get the model, not a C++ handle
         return self._model_proto
