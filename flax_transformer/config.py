@@ -40,6 +40,10 @@ class ModelConfig:
     dtype: str = _field("float32", "compute dtype: 'float32' or 'bfloat16'")
     param_dtype: str = _field("float32", "parameter dtype (keep float32 for training)")
     pad_id: int = _field(0, "token id of padding; keys with it are masked")
+    attention: str = _field("reference", "'reference' (the paper's equation, vmapped; "
+                                         "records attention weights), 'xla' or 'cudnn' "
+                                         "(jax.nn.dot_product_attention; cudnn: flash "
+                                         "attention on NVIDIA GPUs, bfloat16)")
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "d_model", "num_heads", "d_ff", "max_length")
@@ -53,6 +57,7 @@ class ModelConfig:
         _one_of(self, "norm", ("post_ln", "pre_ln"))
         _one_of(self, "dtype", ("float32", "bfloat16"))
         _one_of(self, "param_dtype", ("float32", "bfloat16"))
+        _one_of(self, "attention", ("reference", "xla", "cudnn"))
 
     @property
     def head_dim(self) -> int:
