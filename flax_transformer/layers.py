@@ -58,9 +58,17 @@ class MultiHeadAttention(nn.Module):
                 attention.split_heads(self.value(inputs), heads))
 
     def attend(self, query: Array, key: Array, value: Array, mask: Array | None) -> Array:
-        """Attention of projected heads, merged and projected back: [B, T, D]."""
-        context, weights = attention.multi_head_attention(query, key, value, mask)
-        self.sow("intermediates", "attention_weights", weights)             # [B, H, T, S]
+        """Attention of projected heads, merged and projected back: [B, T, D].
+
+        The reference implementation also records the weights [B, H, T, S] (sown as
+        "intermediates"/"attention_weights"); the fused ones have none to record.
+        """
+        if self.config.attention == "reference":
+            context, weights = attention.multi_head_attention(query, key, value, mask)
+            self.sow("intermediates", "attention_weights", weights)
+        else:
+            context = attention.fused_attention(query, key, value, mask,
+                                                self.config.attention)
         return self.output(attention.merge_heads(context))
 
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None) -> Array:
