@@ -29,6 +29,29 @@ def dense(config: ModelConfig, features: int, name: str | None = None,
                     use_bias=use_bias, **_dtypes(config))
 
 
+class Dropout(nn.Module):
+    """nn.Dropout with 16 random bits per element instead of 32 (half the RNG work).
+
+    An element is kept when its 16 bits are >= round(rate · 2^16) and then scaled by the
+    inverse of that exact keep probability, so the output stays unbiased; the rate used
+    differs from ``rate`` by less than 2^-17 (0.1 -> 0.099991).
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, inputs: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return inputs
+        threshold = min(round(self.rate * 2 ** 16), 2 ** 16 - 1)
+        words = jax.random.bits(self.make_rng("dropout"), ((inputs.size + 1) // 2,), jnp.uint32)
+        halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[: inputs.size]
+        keep = (halves >= jnp.uint16(threshold)).reshape(inputs.shape)
+        scale = 2 ** 16 / (2 ** 16 - threshold)
+        return jnp.where(keep, inputs * jnp.asarray(scale, inputs.dtype),
+                         jnp.zeros((), inputs.dtype))
+
+
 def layer_norm(config: ModelConfig) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.layer_norm_epsilon, **_dtypes(config))
 
@@ -95,7 +118,7 @@ class _Residual(nn.Module):
 
     def setup(self):
         self.norm = layer_norm(self.config)
-        self.dropout = nn.Dropout(self.config.dropout_rate)
+        self.dropout = Dropout(self.config.dropout_rate)
 
     def __call__(self, inputs: Array, sublayer: Callable[[Array], Array],
                  deterministic: bool) -> Array:
@@ -205,7 +228,7 @@ class Embedder(nn.Module):
             config.vocab_size, config.d_model,
             embedding_init=nn.initializers.normal(stddev=config.d_model ** -0.5),
             **_dtypes(config))
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def __call__(self, tokens: Array, positions: Array | None = None,
                  deterministic: bool = True) -> Array:
