@@ -336,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         workers = [(spec, functools.partial(start_worker, spec, args.worker_timeout))
                    for spec in specs_for(preset, tokens, args)]
         results.append(common.run_interleaved(workers, args.rounds, args.profile))
+        for r in results[-1]:
+            print(f"  {preset} {r['impl']:<24s} " + (r.get("error") or "best ms/step "
+                  f"{min(x['round_s'] for x in r['rounds']) / r['steps'] * 1e3:.0f}"),
+                  flush=True)
     peaks.append(peak.measure_peak(args.dtype, repeats=10))
     peak_flops = max(entry["peak_flops_per_s"] for entry in peaks)
     text += (f"\nLoad average at the end: {common.load_average()}. {args.dtype} matmul peak "
