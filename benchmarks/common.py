@@ -11,8 +11,11 @@ import json
 import os
 import platform
 import resource
+import select
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -150,3 +153,165 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
     print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- workers
+# A benchmark that compares implementations runs each in its own process (its own threads,
+# compilation and peak memory) and times them in interleaved rounds, so that a change of
+# load on a shared machine hits each alike. The parent talks to a worker over stdin/stdout.
+
+PROTOCOL = "@@bench "           # prefix of the lines a worker answers its parent with
+
+
+def time_round(step: Callable[[], Any], sync: Callable[[Any], Any], steps: int) -> dict:
+    """Wall and process CPU seconds of ``steps`` calls, waiting for the last one."""
+    start, cpu_start = time.perf_counter(), process_cpu_s()
+    result = None
+    for _ in range(steps):
+        result = step()
+    sync(result)
+    return {"round_s": time.perf_counter() - start, "cpu_s": process_cpu_s() - cpu_start}
+
+
+def _reply(message: dict) -> None:
+    print(PROTOCOL + json.dumps(message), flush=True)
+
+
+def serve(start: Callable[[], tuple[Callable, Callable]], steps: int,
+          profile: Callable[[Callable], dict] | None = None) -> int:
+    """The worker's side: builds (step, sync), times the first step, then answers commands.
+
+    Replies {"first_step_s", "warmup_s"} (or {"error"}) when ready; then "round" -> time_round,
+    "profile" -> profile(step), anything else -> {"peak_rss_mib"} and exit.
+    """
+    try:
+        step, sync = start()
+        begin = time.perf_counter()
+        sync(step())
+        first = time.perf_counter() - begin
+        warmup = time_round(step, sync, steps)["round_s"]     # may include a 2nd compile
+    except Exception as error:    # e.g. torch.compile without a working C++ toolchain
+        lines = str(error).strip().splitlines() or [""]
+        _reply({"error": f"{type(error).__name__}: {lines[0][:160]}"})
+        return 0
+    _reply({"first_step_s": first, "warmup_s": warmup})
+    for line in sys.stdin:
+        if line.strip() == "round":
+            _reply(time_round(step, sync, steps))
+        elif line.strip() == "profile" and profile is not None:
+            _reply(profile(step))
+        else:
+            _reply({"peak_rss_mib": peak_rss_mib()})
+            return 0
+    return 0
+
+
+class Worker:
+    """A child process running ``argv``; ``ask`` sends a command and reads its reply."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], timeout: float):
+        self.log = tempfile.TemporaryFile()          # noqa: SIM115 (closed by close())
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, env=env, bufsize=0)
+        self.timeout, self.pending = timeout, b""
+
+    def ask(self, command: str = "") -> dict:
+        """Sends ``command`` (none: waits for the first reply); failures become {"error"}."""
+        if command:
+            self.process.stdin.write(command.encode() + b"\n")
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self.pending or not self.pending.startswith(PROTOCOL.encode()):
+            if b"\n" in self.pending:                 # a library's own output: skip it
+                self.pending = self.pending.split(b"\n", 1)[1]
+                continue
+            if not select.select([self.process.stdout], [], [],
+                                 max(deadline - time.monotonic(), 0))[0]:
+                self.close()
+                return {"error": f"timed out after {self.timeout:.0f} s"}
+            chunk = os.read(self.process.stdout.fileno(), 1 << 16)
+            if not chunk:
+                return {"error": f"worker exited {self.process.wait()}: {self._tail()}"}
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line[len(PROTOCOL):])
+
+    def _tail(self) -> str:
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+        return lines[-1][:200]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
+def run_interleaved(workers: Sequence[tuple[dict, Callable[[], Worker]]], rounds: int,
+                    profile: bool = False) -> list[dict]:
+    """Starts the workers one after another (compilations never overlap), then times rounds.
+
+    Each entry is (result dict to fill, function starting its Worker). Rounds go A B C,
+    A B C, ...; each result gets "first_step_s", "rounds" [{round_s, cpu_s}],
+    "peak_rss_mib", and "profile" if asked, or "error".
+    """
+    live = []
+    for result, start in workers:
+        worker = start()
+        result.update(worker.ask())
+        print(f"  {result['impl']:<24s} " + (result["error"] if "error" in result else
+              f"ready, first step {result['first_step_s']:.1f} s"), flush=True)
+        if "error" in result:
+            worker.close()
+        else:
+            live.append((worker, result))
+    for _ in range(rounds):
+        for worker, result in live:
+            if "error" in result:
+                continue
+            reply = worker.ask("round")
+            if "error" in reply:
+                result.update(reply)
+            else:
+                result.setdefault("rounds", []).append(reply)
+    for worker, result in live:
+        if profile and "error" not in result:
+            result.update(worker.ask("profile"))
+        if "error" not in result:
+            result.update(worker.ask("finish"))
+        worker.close()
+    return [result for result, _ in workers]
+
+
+def profile_ops(step: Callable[[], Any], steps: int, top: int = 12) -> dict:
+    """Traces ``steps`` calls of a JAX step with jax.profiler: the ops that took most time.
+
+    Ops are grouped by HLO name without its ".N" suffix (all "copy_bitcast_fusion.*"
+    together); times are summed over threads, so shares are of total op time.
+    """
+    import collections
+    import glob
+    import gzip
+    import re
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        for _ in range(steps):
+            jax.block_until_ready(step())
+        jax.profiler.stop_trace()
+        path = glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True)[0]
+        with gzip.open(path) as handle:
+            events = json.load(handle)["traceEvents"]
+    totals, counts = collections.Counter(), collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not re.match(r"[$]|ThunkExecutor|Slinky|PjRt|Tfrt", name):
+            group = re.sub(r"\.\d+$", "", name)
+            totals[group] += event["dur"] / 1e3 / steps                  # ms per step
+            counts[group] += 1
+    everything = sum(totals.values()) or 1.0
+    return {"profile": [{"op": name, "ms_per_step": ms, "share": ms / everything,
+                         "calls_per_step": counts[name] // steps}
+                        for name, ms in totals.most_common(top)]}

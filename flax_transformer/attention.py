@@ -1,7 +1,10 @@
 """Scaled dot-product attention (section 3.2) and head split/merge, as pure functions.
 
 ``scaled_dot_product_attention`` is written for one example and one head, exactly as the
-paper's equation reads; ``multi_head_attention`` vmaps it over heads and batch.
+paper's equation reads; ``multi_head_attention`` vmaps it over heads and batch. That is the
+definition (``model.attention = "reference"``); ``fused_attention`` computes the same
+function through ``jax.nn.dot_product_attention`` ("xla", or "cudnn": flash attention on a
+GPU), which returns no attention weights.
 """
 
 from __future__ import annotations
@@ -63,6 +66,36 @@ def multi_head_attention(
         mask = jnp.ones((1, 1, 1, 1), dtype=bool)
     mask = jnp.broadcast_to(mask, (batch, heads, target_length, source_length))
     return _over_batch(query, key, value, mask)
+
+
+IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+
+
+def fused_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, mask: jnp.ndarray | None,
+    implementation: str,
+) -> jnp.ndarray:
+    """multi_head_attention's output through jax.nn.dot_product_attention.
+
+    Same masks, same scale 1/√K; a query whose keys are all masked gets a zero output, as in
+    the reference (the library would average the masked values instead).
+
+    Args:
+      query: [B, T, H, K]; key, value: [B, S, H, K].
+      mask: bool broadcastable to [B, H, T, S], True = may attend; None = everywhere.
+      implementation: "xla" (any backend) or "cudnn" (NVIDIA GPUs, float16/bfloat16).
+
+    Returns:
+      output [B, T, H, K].
+    """
+    if mask is None:
+        return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+    batch, target_length, heads, _ = query.shape
+    mask = jnp.broadcast_to(mask, (batch, heads, target_length, key.shape[1]))
+    output = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                          implementation=implementation)
+    has_key = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]          # [B, T, H, 1]
+    return jnp.where(has_key, output, jnp.zeros((), output.dtype))
 
 
 def split_heads(inputs: jnp.ndarray, num_heads: int) -> jnp.ndarray:

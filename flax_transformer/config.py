@@ -47,6 +47,10 @@ class ModelConfig:
     dtype: str = _field("float32", "compute dtype: 'float32' or 'bfloat16'")
     param_dtype: str = _field("float32", "parameter dtype (keep float32 for training)")
     pad_id: int = _field(0, "token id of padding; keys with it are masked")
+    attention: str = _field("reference", "'reference' (the paper's equation, vmapped; "
+                                         "records attention weights), 'xla' or 'cudnn' "
+                                         "(jax.nn.dot_product_attention; cudnn: flash "
+                                         "attention on NVIDIA GPUs, bfloat16)")
 
     def validate(self) -> None:
         _one_of(self, "kind", KINDS)
@@ -70,6 +74,7 @@ class ModelConfig:
             raise ConfigError(f"model.vocab_size={self.vocab_size} is larger than "
                               f"{_MAX_VOCABULARY:,} (token ids are int32 and SentencePiece "
                               "needs far fewer); choose a smaller vocabulary.")
+        _one_of(self, "attention", ("reference", "xla", "cudnn"))
 
     @property
     def head_dim(self) -> int:

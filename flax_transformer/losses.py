@@ -1,9 +1,19 @@
-"""Label-smoothed cross-entropy and token metrics as (sum, weight) pairs; pure jnp."""
+"""Label-smoothed cross-entropy and token metrics as (sum, weight) pairs; pure jnp.
+
+Both read the logits through per-token reductions only (log-normaliser, target logit,
+sum, max): nothing of size [B, T, V] is built besides the logits themselves, and the
+gradient of the loss is softmax minus the smoothed targets, computed in one pass.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+
+def _target_logits(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+    """logits [B, T, V], targets int [B, T] -> logits[b, t, targets[b, t]], [B, T]."""
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
 
 
 def label_smoothed_cross_entropy(
@@ -12,7 +22,9 @@ def label_smoothed_cross_entropy(
     """Cross-entropy against (1 - ε) on the target and ε / (V - 1) on every other token.
 
     The entropy of the smoothed distribution is subtracted, so a perfect model scores 0
-    (the loss is the KL divergence to the smoothed targets, as in tensor2tensor).
+    (the loss is the KL divergence to the smoothed targets, as in tensor2tensor). With
+    q the smoothed targets (summing to 1) and log p_v = x_v - logsumexp(x),
+    -Σ_v q_v log p_v = logsumexp(x) - (1 - ε - ε/(V-1)) x_target - ε/(V-1) Σ_v x_v.
 
     Args:
       logits: float [B, T, V].
@@ -27,10 +39,10 @@ def label_smoothed_cross_entropy(
     confidence = 1.0 - smoothing
     low = smoothing / (vocab_size - 1)
     normalizer = -(confidence * jnp.log(confidence) + (vocab_size - 1) * low * jnp.log(low + 1e-20))
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)          # [B, T, V]
-    target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    mean_log_probs = jnp.sum(log_probs, axis=-1)                                   # [B, T]
-    per_token = -(confidence - low) * target_log_probs - low * mean_log_probs - normalizer
+    logits = logits.astype(jnp.float32)
+    per_token = (jax.nn.logsumexp(logits, axis=-1)                                 # [B, T]
+                 - (confidence - low) * _target_logits(logits, targets)
+                 - low * jnp.sum(logits, axis=-1) - normalizer)
     return jnp.sum(per_token * weights), jnp.sum(weights)
 
 
@@ -38,15 +50,23 @@ def token_metrics(logits: jnp.ndarray, targets: jnp.ndarray,
                   weights: jnp.ndarray) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
     """Negative log-likelihood (for perplexity) and accuracy as (sum, weight) pairs.
 
+    A token counts as correct when its target is the argmax, the first index of the
+    largest logit (written as a masked min over indices, which XLA fuses, instead of a
+    variadic arg-reduce).
+
     Args:
       logits: float [B, T, V]; targets: int [B, T]; weights: float [B, T].
 
     Returns:
       {"nll": (sum, weight), "accuracy": (sum, weight)}.
     """
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]     # [B, T]
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    target_logits = _target_logits(logits, targets)                                # [B, T]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logits
+    largest = jnp.max(logits, axis=-1, keepdims=True)
+    indices = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    first_largest = jnp.min(jnp.where(logits == largest, indices, logits.shape[-1]), axis=-1)
+    correct = (first_largest == targets).astype(jnp.float32)
     weight = jnp.sum(weights)
     return {"nll": (jnp.sum(nll * weights), weight),
             "accuracy": (jnp.sum(correct * weights), weight)}

@@ -14,6 +14,7 @@ decode.py (``inference.py``) and the validation BLEU (``evaluation.py``) go thro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -227,6 +228,8 @@ def attention_weights(model: Any, params: Any, source_tokens: Array, output_toke
     """
     target_input = jnp.concatenate(
         [jnp.full_like(output_tokens[:, :1], bos_id), output_tokens[:, :-1]], axis=1)
+    # Only the reference attention records its weights; the fused ones have none.
+    model = type(model)(dataclasses.replace(model.config, attention="reference"))
     _, state = model.apply({"params": params}, source_tokens, target_input,
                            mutable=["intermediates"])
     sown = state["intermediates"]

@@ -7,7 +7,7 @@ import pytest
 
 from flax_transformer import masks
 from flax_transformer.config import ModelConfig
-from flax_transformer.layers import DecoderLayer, Embedder, EncoderLayer, FeedForward
+from flax_transformer.layers import DecoderLayer, Dropout, Embedder, EncoderLayer, FeedForward
 from flax_transformer.positions import sinusoidal_positions
 
 EPSILON = 1e-6
@@ -206,3 +206,18 @@ def test_dropout_is_active_only_when_not_deterministic():
     noisy = dropped.apply({"params": params}, inputs, mask, deterministic=False,
                           rngs={"dropout": jax.random.key(1)})
     assert np.max(np.abs(np.asarray(noisy) - np.asarray(without))) > 1e-2
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_keeps_each_element_with_probability_one_minus_rate_and_is_unbiased(rate):
+    inputs = jnp.ones((64, 33, 16))                      # odd size per row: bit halves split
+    outputs = np.asarray(Dropout(rate).apply({}, inputs, False,
+                                             rngs={"dropout": jax.random.key(3)}))
+    kept = outputs != 0
+    keep_probability = 1 - round(rate * 2 ** 16) / 2 ** 16
+    np.testing.assert_allclose(outputs[kept], 1 / keep_probability, rtol=1e-6)
+    spread = 5 * np.sqrt(keep_probability * (1 - keep_probability) / kept.size)   # 5 sigma
+    assert abs(kept.mean() - (1 - rate)) < spread
+    assert abs(outputs.mean() - 1) < spread / keep_probability
+    second = Dropout(rate).apply({}, inputs, False, rngs={"dropout": jax.random.key(4)})
+    assert np.any((np.asarray(second) != 0) != kept)                 # the key matters

@@ -1,5 +1,6 @@
 """losses.py against float64 NumPy references written from the definitions."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -60,3 +61,21 @@ def test_token_metrics_nll_and_accuracy():
     np.testing.assert_allclose(float(metrics["nll"][0]), -(log_probs[0, 0] + log_probs[1, 1]),
                                rtol=1e-6)
     assert float(metrics["accuracy"][0]) == 1.0 and float(metrics["accuracy"][1]) == 2.0
+
+
+def test_accuracy_counts_the_first_largest_logit_as_argmax_does():
+    logits = jnp.array([[[1.0, 3.0, 3.0], [5.0, 5.0, 0.0], [0.0, 1.0, 2.0]]])
+    metrics = losses.token_metrics(logits, jnp.array([[2, 0, 2]]), jnp.ones((1, 3)))
+    expected = np.sum(np.argmax(np.asarray(logits), -1) == np.array([[2, 0, 2]]))
+    assert float(metrics["accuracy"][0]) == expected == 2.0
+
+
+def test_smoothed_loss_gradient_is_softmax_minus_smoothed_targets():
+    rng = np.random.default_rng(4)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 9)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 9, (2, 3)))
+    gradient = jax.grad(lambda x: losses.label_smoothed_cross_entropy(
+        x, targets, jnp.ones((2, 3)), 0.1)[0])(logits)
+    soft = np.full((2, 3, 9), 0.1 / 8)
+    np.put_along_axis(soft, np.asarray(targets)[..., None], 0.9, axis=-1)
+    np.testing.assert_allclose(gradient, jax.nn.softmax(logits) - soft, atol=1e-6)

@@ -334,3 +334,22 @@ def test_bfloat16_compute_keeps_float32_params_and_close_logits():
     scale = float(np.max(np.abs(reference)))
     print(f"bf16 vs f32 logits max |diff| {diff:.3e} (logit scale {scale:.2f})")
     assert 0.0 < diff < 0.05 * scale + 0.05                 # > 0: bf16 really computed
+
+
+@pytest.mark.parametrize("norm", ["post_ln", "pre_ln"])
+def test_xla_attention_gives_the_reference_logits_and_gradients(norm):
+    """model.attention = "xla" (jax.nn.dot_product_attention) computes the same function,
+    padding and causal masks included."""
+    reference_model, variables, apply = build(Transformer, small_config(norm=norm))
+    fused = Transformer(small_config(norm=norm, attention="xla"))
+
+    def loss(apply_fn, params):
+        return jnp.sum(apply_fn({"params": params}, SOURCE, TARGET) ** 2)
+
+    expected = apply(variables, SOURCE, TARGET)
+    logits = jax.jit(fused.apply)(variables, SOURCE, TARGET)
+    assert _max_diff(logits, expected) < 1e-5 * float(jnp.max(jnp.abs(expected)))
+    ours = jax.grad(functools.partial(loss, fused.apply))(variables["params"])
+    theirs = jax.grad(functools.partial(loss, reference_model.apply))(variables["params"])
+    for leaf, reference_leaf in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert _max_diff(leaf, reference_leaf) <= 1e-5 * float(jnp.max(jnp.abs(reference_leaf)))
