@@ -499,7 +499,7 @@ def from_dict(values: dict[str, Any]) -> Config:
 def _typed(dotted: str, kind: Any, value: Any) -> Any:
     """``value`` from JSON as a value of ``kind``, or a ConfigError naming the field."""
     if typing.get_origin(kind) is tuple:
-        if isinstance(value, list) and all(_is_int(item) for item in value):
+        if isinstance(value, (list, tuple)) and all(_is_int(item) for item in value):
             return tuple(value)
     elif kind is float and (_is_int(value) or isinstance(value, float)):
         return float(value)

@@ -76,7 +76,8 @@ KIND_FIELDS = {
                      "train.best_metric": "perplexity"},
     # The target side of aligned files.
     "encoder_only": {"model.kind": "encoder_only", "model.num_decoder_layers": 0,
-                     "data.dataset": "parallel_text", "train.best_metric": "accuracy"},
+                     "data.dataset": "parallel_text", "data.packing": "false",
+                     "train.best_metric": "accuracy"},
 }
 
 

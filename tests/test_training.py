@@ -3,6 +3,7 @@
 import dataclasses
 import re
 
+import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -220,7 +221,7 @@ def test_masked_training_on_4_devices_equals_one_device():
                                                            axis_name="data"),
                        axis_name="data", in_axes=(0, 0, None), devices=devices)
     shards = {key: value.reshape(4, 2, *value.shape[1:]) for key, value in batch.items()}
-    replicated = jax.device_put_replicated(state, devices)
+    replicated = flax.jax_utils.replicate(state, devices)
     multi, multi_metrics = pmapped(replicated, shards, jax.random.key(3))
     assert float(multi_metrics["loss"][1][0]) == float(single_metrics["loss"][1])
     # Sums over 4 shards round differently from one sum: compare to the update's size.
