@@ -350,7 +350,11 @@ def _lm() -> Config:
         best_metric="perplexity",
     )
     evaluation = EvalConfig(max_batches=20)
-    return Config(name="lm", model=model, data=data, train=train, eval=evaluation)
+    # A continuation may fill every position the model knows (a prompt "drei" may become
+    # a 60-letter number); greedy by default, as language models are usually decoded.
+    decode = DecodeConfig(method="greedy", max_extra_length=80)
+    return Config(name="lm", model=model, data=data, train=train, eval=evaluation,
+                  decode=decode)
 
 
 def _mlm() -> Config:
