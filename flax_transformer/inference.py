@@ -9,6 +9,10 @@
 Every user mistake surfaces as an ``InferenceError``, ``checkpoint.CheckpointError`` or
 ``config.ConfigError`` with one sentence saying what to do (``DECODE_USER_ERRORS``).
 The searches and their batching live in ``translate.py``; this module is files and runs.
+Runs of the other model kinds are dispatched on ``config.model.kind`` to
+``language_model.py`` (decoder_only: continue prompts) and ``fill_mask.py`` (encoder_only:
+fill ``<mask>``), after ``check_flags_fit``/``check_lines_fit`` refuse what the kind
+cannot do.
 """
 
 from __future__ import annotations

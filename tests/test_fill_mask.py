@@ -5,6 +5,9 @@ without <mask>, and the flags that only fit other kinds.
 The run is a few steps of the micro model (module fixture): mechanics, not quality.
 """
 
+import os
+import shutil
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -127,3 +130,14 @@ def test_requests_for_other_kinds_exit_2(run_dir, capsys):
     err = _fails(capsys, "--workdir", run_dir, "--input", LINES[0], "--attention_plot",
                  "a.png")
     assert "cross-attention, which this encoder_only run does not have" in err
+
+
+def test_refusals_come_before_the_checkpoint_is_read(run_dir, tmp_path, capsys):
+    copy = tmp_path / "no_checkpoints"
+    copy.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        shutil.copy(os.path.join(run_dir, name), copy / name)
+    err = _fails(capsys, "--workdir", str(copy), "--input", LINES[0], "--beam_size", "2")
+    assert "--beam_size controls a search" in err and "checkpoints" not in err
+    err = _fails(capsys, "--workdir", str(copy), "--input", "sieben")
+    assert "no input line holds <mask>" in err
