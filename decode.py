@@ -1,18 +1,33 @@
-"""Translate with a trained run: `python decode.py --workdir runs/default --input "..."`.
+"""Decode with a trained run: `python decode.py --workdir runs/default --input "..."`.
 
     python decode.py --workdir runs/default --input "four hundred twenty-one"
     python decode.py --workdir runs/default --input_file test.en --reference_file test.de
     echo "seven" | python decode.py --workdir runs/default --method greedy
     python decode.py --workdir runs/default --input "forty-two" --attention_plot att.png
+    python decode.py --workdir runs/lm --input "drei"                  # model.kind decoder_only
+    python decode.py --workdir runs/mlm --input "drei<mask>zwanzig" --top_k 3   # encoder_only
 
-Translations go to stdout (or --output_file), one per input line and in input order;
+What a line becomes depends on the run's model.kind:
+  encoder_decoder  its translation (search: --method greedy, beam or sample);
+  decoder_only     the prompt as typed followed by its continuation (same searches, KV
+                   cache; the prompt is read in one model call); an empty line is
+                   continued from BOS alone;
+  encoder_only     the line with each <mask> (one piece each) replaced by its likeliest
+                   piece; --top_k N adds, under each output, one line per mask:
+                   "  <mask> 1: und 97.3% | hundert 1.1% | ...". Lines without <mask>
+                   are written unchanged with a warning; input without any is refused.
+Flags that only fit another kind (--attention_plot without cross-attention, <mask> for a
+decoder_only run, search flags for an encoder_only run) are refused with exit status 2.
+
+Outputs go to stdout (or --output_file), one per input line and in input order;
 everything else (what was restored, warnings, BLEU/chrF, plot paths) goes to stderr.
 Search options default to the run's saved config (config.json, section "decode").
 A progress bar shows on stderr for files when stderr is a terminal. Decoding runs on
 JAX's default device (a GPU/TPU when there is one).
 
-Empty input lines give empty output lines. Lines longer than the model's maximum length
-(model.max_length tokens, EOS included) are truncated to it, with a warning that counts
+Empty input lines give empty output lines (but for decoder_only, see above). Lines
+longer than the model's maximum length (model.max_length tokens, EOS included; a prompt:
+model.max_length - 1, BOS included) are truncated to it, with a warning that counts
 them, rather than refused.
 """
 
@@ -24,6 +39,8 @@ import sys
 from flax_transformer import cli
 
 SEARCH_FLAGS = cli.section_fields("decode")  # --FIELD overrides config.decode.FIELD
+KIND_HELP = {"top_k": "; an encoder_only run: list the k likeliest pieces per <mask>",
+             "max_extra_length": "; decoder_only: new tokens at most"}
 
 
 def _checkpoint_name(text: str) -> str:
@@ -66,8 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     search = parser.add_argument_group(
         "search", "defaults: the run's config.json (section 'decode')")
     for flag, (kind, doc) in SEARCH_FLAGS.items():
-        search.add_argument(f"--{flag}", type=kind, default=None, help=doc,
-                            metavar=kind.__name__.upper())
+        search.add_argument(f"--{flag}", type=kind, default=None,
+                            help=doc + KIND_HELP.get(flag, ""), metavar=kind.__name__.upper())
     return parser.parse_args(argv)
 
 

@@ -9,6 +9,10 @@
 Every user mistake surfaces as an ``InferenceError``, ``checkpoint.CheckpointError`` or
 ``config.ConfigError`` with one sentence saying what to do (``DECODE_USER_ERRORS``).
 The searches and their batching live in ``translate.py``; this module is files and runs.
+Runs of the other model kinds are dispatched on ``config.model.kind`` to
+``language_model.py`` (decoder_only: continue prompts) and ``fill_mask.py`` (encoder_only:
+fill ``<mask>``), after ``check_flags_fit``/``check_lines_fit`` refuse what the kind
+cannot do.
 """
 
 from __future__ import annotations
@@ -25,7 +29,17 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from flax_transformer import checkpoint, data, evaluation, plots, preflight, training, translate
+from flax_transformer import (
+    checkpoint,
+    data,
+    evaluation,
+    fill_mask,
+    language_model,
+    plots,
+    preflight,
+    training,
+    translate,
+)
 from flax_transformer import config as config_lib
 from flax_transformer.data import batching
 from flax_transformer.model import Transformer
@@ -44,11 +58,11 @@ DECODE_USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.Con
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
-    """A run ready to translate: its config, tokenizer, model and parameters."""
+    """A run ready to decode: its config, tokenizer, model and parameters."""
 
     config: config_lib.Config
     tokenizer: data.Tokenizer
-    model: Transformer
+    model: Any            # the module of config.model.kind (Transformer, DecoderOnly, …)
     params: Any
     description: str      # what was restored, e.g. "checkpoints/300"
 
@@ -68,6 +82,14 @@ def load_tokenizer(workdir: str, config: config_lib.Config) -> data.Tokenizer:
     return tokenizer
 
 
+def saved_config(workdir: str) -> config_lib.Config:
+    """WORKDIR/config.json, or an InferenceError when the workdir does not exist."""
+    if not os.path.isdir(workdir):
+        raise InferenceError(f"workdir {workdir!r} does not exist; pass the --workdir that "
+                             "train.py wrote to.")
+    return checkpoint.load_config(workdir)
+
+
 def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restored:
     """Config, tokenizer and parameters of a run directory.
 
@@ -76,14 +98,12 @@ def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restore
       which: "best", "latest", "averaged" or a step number.
       use_ema: restore the exponential moving average of the parameters.
     """
-    if not os.path.isdir(workdir):
-        raise InferenceError(f"workdir {workdir!r} does not exist; pass the --workdir that "
-                             "train.py wrote to.")
-    config = checkpoint.load_config(workdir)
+    config = saved_config(workdir)
     tokenizer = load_tokenizer(workdir, config)
     target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
     params, _, description = checkpoint.restore_params(workdir, target, which, use_ema)
-    return Restored(config=config, tokenizer=tokenizer, model=Transformer(config.model),
+    model = training.KINDS[config.model.kind].module(config.model)
+    return Restored(config=config, tokenizer=tokenizer, model=model,
                     params=params, description=description)
 
 
@@ -224,6 +244,91 @@ def write_attention_plots(restored: Restored, source_ids: Sequence[int],
     return written
 
 
+# --------------------------------------------------------------------------- other kinds
+
+# What an encoder_only run's fill-mask reads of the search flags; the others search.
+FILL_MASK_FLAGS = ("top_k", "tokens_per_batch")
+
+
+def check_flags_fit(request: DecodeRequest, kind: str) -> None:
+    """Refuses flags that only fit another model kind (before the model is loaded)."""
+    if kind != "encoder_decoder" and (request.attention_plot or request.self_attention):
+        raise InferenceError(
+            f"--attention_plot draws a translation's cross-attention, which this "
+            f"{kind} run does not have; drop --attention_plot/--self_attention.")
+    if kind == "encoder_only":
+        searching = sorted(name for name, value in request.decode_overrides.items()
+                           if value is not None and name not in FILL_MASK_FLAGS)
+        if searching:
+            raise InferenceError(
+                f"--{searching[0]} controls a search, but this encoder_only run fills each "
+                "<mask> in one pass (its likeliest piece); drop it, or use --top_k N to "
+                "list the N likeliest pieces per <mask>.")
+
+
+def check_lines_fit(lines: Sequence[str], kind: str) -> None:
+    """Refuses input that only fits another model kind (<mask> is encoder_only's)."""
+    has_mask = [data.MASK_PIECE in line for line in lines]
+    if kind == "decoder_only" and any(has_mask):
+        raise InferenceError(
+            f"input line {has_mask.index(True) + 1} holds {data.MASK_PIECE}, which only an "
+            "encoder_only run fills; this decoder_only run continues prompts, so remove it.")
+    if kind == "encoder_only" and any(line.strip() for line in lines) and not any(has_mask):
+        raise InferenceError(
+            f"no input line holds {data.MASK_PIECE}; this encoder_only run fills the "
+            f"positions marked with it, e.g. --input \"drei{data.MASK_PIECE}zwanzig\".")
+
+
+def _kind_task(kind: str, decode_config: config_lib.DecodeConfig, method: str) -> str:
+    """What decode.py does with a run of this kind, for its first stderr line."""
+    if kind == "decoder_only":
+        return f"continuing prompts, {method}"
+    if kind == "encoder_only":
+        listed = f", top {decode_config.top_k} listed" if decode_config.top_k else ""
+        return f"filling {data.MASK_PIECE} (likeliest piece{listed})"
+    return method
+
+
+def decode_other_kind(restored: Restored, lines: Sequence[str],
+                      decode_config: config_lib.DecodeConfig, progress: bool,
+                      stderr: IO) -> tuple[Translations, list[str]]:
+    """A decoder_only run continues the lines; an encoder_only run fills their masks.
+
+    Returns:
+      the results (``translations`` = what is scored against references) and the lines to
+      write (for fill-mask with --top_k, each output followed by its candidates).
+    """
+    model, params, tokenizer = restored.model, restored.params, restored.tokenizer
+    max_length = restored.config.model.max_length
+    with tqdm(total=len(lines), desc="decode", unit="line", file=stderr,
+              disable=not progress) as bar:
+        if restored.config.model.kind == "decoder_only":
+            done = language_model.continue_lines(model, params, tokenizer, lines,
+                                                 decode_config, max_length, bar.update)
+            result = Translations(done.outputs, done.prompts, done.continuations,
+                                  done.truncated)
+            return result, _warn(result, stderr, max_length - 1, "prompt")
+        done = fill_mask.fill_lines(model, params, tokenizer, lines, max_length=max_length,
+                                    tokens_per_batch=decode_config.tokens_per_batch,
+                                    top_k=decode_config.top_k, on_batch=bar.update)
+    if done.without_mask:
+        print(f"warning: {done.without_mask} line(s) hold no {data.MASK_PIECE} and are "
+              "written unchanged.", file=stderr)
+    fills = [[found[0][0] for found in per_mask] for per_mask in done.candidates]
+    result = Translations(done.outputs, done.sources, fills, done.truncated)
+    _warn(result, stderr, max_length, "line")
+    written = fill_mask.format_candidates(done, tokenizer) if decode_config.top_k else None
+    return result, written or result.translations
+
+
+def _warn(result: Translations, stderr: IO, limit: int, what: str) -> list[str]:
+    """Warns about truncated inputs; returns the lines to write."""
+    if result.truncated:
+        print(f"warning: {result.truncated} {what}(s) longer than {limit} tokens were "
+              "truncated to it.", file=stderr)
+    return result.translations
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -303,6 +408,7 @@ def _describe(restored: Restored, decode_config: config_lib.DecodeConfig, count:
     elif method == "sample":
         method += (f" (temperature {decode_config.temperature}, top-k {decode_config.top_k}, "
                    f"top-p {decode_config.top_p}, seed {decode_config.seed})")
+    method = _kind_task(restored.config.model.kind, decode_config, method)
     return (f"restored {restored.description}; {count} line(s), {method}, on "
             f"{jax.devices()[0].platform}")
 
@@ -325,22 +431,30 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     preflight.check_request(request.workdir, request.decode_overrides, request.input_file,
                             request.output_file, request.attention_plot)  # before the restore
-    restored = restore(request.workdir, request.checkpoint, request.use_ema)
-    decode_config = decode_config_for(restored.config, request.decode_overrides)
+    kind = saved_config(request.workdir).model.kind
+    check_flags_fit(request, kind)                      # before reading or loading anything
     lines = input_lines(request, stdin)
+    check_lines_fit(lines, kind)
     if count := preflight.meaningless_lines(lines):
         print(f"warning: {count} line(s) hold no letter or digit (only emoji, symbols or "
-              "control characters); their translations are guesses.", file=stderr)
+              "control characters); their outputs are guesses.", file=stderr)
+    restored = restore(request.workdir, request.checkpoint, request.use_ema)
+    decode_config = decode_config_for(restored.config, request.decode_overrides)
     references = read_text_file(request.reference_file) if request.reference_file else None
     if references is not None:
         check_counts(len(lines), references, request.reference_file)  # before decoding
     print(_describe(restored, decode_config, len(lines)), file=stderr)
     progress = request.inputs is None and len(lines) > 1 and stderr.isatty()
-    result = translate_lines(restored, lines, decode_config, progress=progress)
-    if result.truncated:
-        print(f"warning: {result.truncated} line(s) longer than model.max_length="
-              f"{restored.config.model.max_length} tokens were truncated to it.", file=stderr)
-    write_lines(result.translations, request.output_file, stdout)
+    if kind == "encoder_decoder":
+        result = translate_lines(restored, lines, decode_config, progress=progress)
+        written = result.translations
+        if result.truncated:
+            print(f"warning: {result.truncated} line(s) longer than model.max_length="
+                  f"{restored.config.model.max_length} tokens were truncated to it.",
+                  file=stderr)
+    else:
+        result, written = decode_other_kind(restored, lines, decode_config, progress, stderr)
+    write_lines(written, request.output_file, stdout)
     scores = []
     if references is not None:
         scores = evaluation.score_lines(result.translations, references)

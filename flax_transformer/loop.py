@@ -528,14 +528,17 @@ def main(config: Config, workdir: str, fresh: bool = False) -> dict:
         return results
     checkpoint.save_json(os.path.join(workdir, "results.json"), results)
     print(f"\ndone in {results['wall_seconds']:.0f} s.", end="")
-    if config.model.kind == "encoder_decoder":  # decode.py learns the other kinds next
-        print(f" Try it:\n  python decode.py --workdir {workdir} --input "
-              f"\"{_example_input(config)}\"", end="")
-    print()
+    print(f" Try it:\n  python decode.py --workdir {workdir} --input "
+          f"\"{_example_input(config)}\"")
     return results
 
 
 def _example_input(config: Config) -> str:
-    if config.data.dataset == "number_words":
-        return "four hundred twenty-one thousand three hundred seven"
-    return "A man is riding a bicycle."
+    """A line to try decode.py with: a sentence, a prompt, or a line with <mask>."""
+    examples = {"encoder_decoder": ("four hundred twenty-one thousand three hundred seven",
+                                    "A man is riding a bicycle."),
+                "decoder_only": ("drei", "Ein Mann"),
+                "encoder_only": (f"neunhundert{data.MASK_PIECE}",
+                                 f"Ein Mann fährt {data.MASK_PIECE} Fahrrad.")}
+    number_words, other = examples[config.model.kind]
+    return number_words if config.data.dataset == "number_words" else other

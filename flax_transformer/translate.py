@@ -118,7 +118,8 @@ def make_translate_fn(model: Any, decode_config: DecodeConfig, *, bos_id: int, e
 
 def continue_prompt(model: Any, params: Any, prompt_tokens: Array,
                     decode_config: DecodeConfig, *, eos_id: int, pad_id: int = 0,
-                    max_new_tokens: int | None = None, rng: Array | None = None) -> Array:
+                    max_new_tokens: int | None = None, rng: Array | None = None,
+                    piece_count: int | None = None) -> Array:
     """Continues prompts with a ``DecoderOnly`` model and decode_config's search.
 
     Args:
@@ -131,6 +132,9 @@ def continue_prompt(model: Any, params: Any, prompt_tokens: Array,
       max_new_tokens: N; None = decode_config.max_extra_length. Capped so that prompt
         and continuation fit model.config.max_length positions.
       rng: sampling key (None = decode_config.seed).
+      piece_count: ids from here on are never emitted (embedding rows that the
+        tokenizer has no piece for: a small corpus may give fewer pieces than
+        model.vocab_size); None = every id of the model.
 
     Returns:
       the continuations only, int [B, N], left-aligned, EOS included, pad after it.
@@ -144,18 +148,32 @@ def continue_prompt(model: Any, params: Any, prompt_tokens: Array,
                          f"within model.max_length={model.config.max_length}.")
     tokens_to_logits, prompt_to_cache, cache = lm_decoder(
         model, params, prompt_tokens.shape[0], prompt_length + new_tokens)
+    if piece_count is not None:
+        tokens_to_logits = _pieces_only(tokens_to_logits, piece_count)
     lengths = jnp.sum(prompt_tokens != pad_id, axis=1).astype(jnp.int32)
     last, cache = decoding.prefill(prompt_to_cache, cache, prompt_tokens, lengths)
     return decoding.search(tokens_to_logits, cache, decode_config, bos_id=last, eos_id=eos_id,
                            max_length=new_tokens, pad_id=pad_id, rng=rng)
 
 
+def _pieces_only(tokens_to_logits: decoding.TokensToLogits,
+                 piece_count: int) -> decoding.TokensToLogits:
+    """tokens_to_logits whose logits [B, V] of ids >= piece_count are -inf."""
+    def masked(tokens, cache):
+        logits, cache = tokens_to_logits(tokens, cache)
+        known = jnp.arange(logits.shape[-1]) < piece_count                      # [V]
+        return jnp.where(known, logits, -jnp.inf), cache
+    return masked
+
+
 def make_continue_fn(model: Any, decode_config: DecodeConfig, *, eos_id: int,
-                     pad_id: int = 0, max_new_tokens: int | None = None) -> Callable[..., Array]:
+                     pad_id: int = 0, max_new_tokens: int | None = None,
+                     piece_count: int | None = None) -> Callable[..., Array]:
     """``continue_prompt`` compiled once per prompt shape: fn(params, prompt_tokens, rng=None)."""
     def continue_fn(params, prompt_tokens, rng=None):
         return continue_prompt(model, params, prompt_tokens, decode_config, eos_id=eos_id,
-                               pad_id=pad_id, max_new_tokens=max_new_tokens, rng=rng)
+                               pad_id=pad_id, max_new_tokens=max_new_tokens, rng=rng,
+                               piece_count=piece_count)
     return jax.jit(continue_fn)
 
 

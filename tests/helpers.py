@@ -45,3 +45,18 @@ def kind_config(kind: str, **train_overrides) -> config_lib.Config:
     model = dataclasses.replace(config.model, kind=kind, **layers)
     train = dataclasses.replace(config.train, best_metric="accuracy")
     return dataclasses.replace(config, model=model, train=train).validate()
+
+
+def train_kind_run(corpus: str, workdir: str, kind: str, steps: int = 2) -> str:
+    """A few steps of kind_config(kind) on _write_corpus's files, trained in this process;
+    returns the workdir (config.json, tokenizer.model, checkpoints/)."""
+    from flax_transformer import loop  # a heavy import only for the tests that train
+
+    config = kind_config(kind, num_steps=steps, checkpoint_every=steps, eval_every=steps,
+                         log_every=1)
+    data = dataclasses.replace(
+        config.data, dataset="parallel_text", train_files=f"{corpus}/train",
+        validation_files=f"{corpus}/valid", test_files=f"{corpus}/test",
+        tokenizer_sentences=1000, tokens_per_batch=640, max_length=16, bucket_lengths=(16,))
+    loop.train_and_evaluate(dataclasses.replace(config, data=data).validate(), workdir)
+    return workdir

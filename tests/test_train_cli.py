@@ -74,7 +74,7 @@ KIND_FIELDS = {
     "decoder_only": {"model.kind": "decoder_only", "model.num_encoder_layers": 0,
                      "data.dataset": "text", "data.packing": "true",
                      "train.best_metric": "perplexity"},
-    # The target side of aligned files.
+    # The target side of aligned files; unpacked (tiny packs, which encoder_only refuses).
     "encoder_only": {"model.kind": "encoder_only", "model.num_decoder_layers": 0,
                      "data.dataset": "parallel_text", "data.packing": "false",
                      "train.best_metric": "accuracy"},
