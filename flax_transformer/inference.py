@@ -81,7 +81,9 @@ def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restore
                              "train.py wrote to.")
     config = checkpoint.load_config(workdir)
     tokenizer = load_tokenizer(workdir, config)
-    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    # Shapes only: building real initial parameters op by op costs seconds of start-up.
+    target = jax.eval_shape(functools.partial(training.create_train_state, config),
+                            jax.random.key(0))
     params, _, description = checkpoint.restore_params(workdir, target, which, use_ema)
     return Restored(config=config, tokenizer=tokenizer, model=Transformer(config.model),
                     params=params, description=description)

@@ -73,6 +73,7 @@ def test_lazy_data_names_resolve():
     from flax_transformer import data
 
     assert callable(data.load_splits) and callable(data.train_batches)
+    assert data.monolingual.TargetText is not None and data.sources.load_splits is not None
     assert "load_splits" in dir(data)
     with pytest.raises(AttributeError):
         data.no_such_name  # noqa: B018

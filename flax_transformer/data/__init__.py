@@ -37,7 +37,13 @@ _LAZY = {
 }
 
 
+_SUBMODULES = ("batching", "monolingual", "number_words", "parallel_text", "pipeline",
+               "sources", "tokens")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # data.sources etc. (importing it binds the attribute)
+        return importlib.import_module(f"{__name__}.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
@@ -46,7 +52,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [
