@@ -80,6 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     io.add_argument("--self_attention", action="store_true",
                     help="with --attention_plot: also OUT.encoder_self.png and "
                          "OUT.decoder_self.png")
+    cli.add_compilation_cache_flag(parser)
     search = parser.add_argument_group(
         "search", "defaults: the run's config.json (section 'decode')")
     for flag, (kind, doc) in SEARCH_FLAGS.items():
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.self_attention and not args.attention_plot:
         cli.fail("--self_attention needs --attention_plot OUT.png.")
     from flax_transformer import inference  # after parsing: --help stays fast
+
+    cli.use_compilation_cache(args)
 
     request = inference.DecodeRequest(
         workdir=args.workdir, checkpoint=args.checkpoint, use_ema=args.ema,

@@ -34,6 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="multi-process: number of processes (or JAX_NUM_PROCESSES)")
     parser.add_argument("--process_id", type=int, default=-1,
                         help="multi-process: this process's index (or JAX_PROCESS_ID)")
+    cli.add_compilation_cache_flag(parser)
     cli.add_config_arguments(parser, default_preset="default")
     return parser.parse_args(argv)
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     absl.logging.set_verbosity(absl.logging.ERROR)  # Orbax/TFDS chatter; our warnings remain
     from flax_transformer import loop, parallel
 
+    cli.use_compilation_cache(args)
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id)
     workdir = args.workdir or f"runs/{args.config}"

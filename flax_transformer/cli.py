@@ -42,6 +42,22 @@ def config_from_args(args: argparse.Namespace) -> config_lib.Config:
     return config_lib.override(config_lib.get_config(args.config), overrides)
 
 
+def add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds --no_compilation_cache (the cache itself is parallel.use_compilation_cache)."""
+    parser.add_argument(
+        "--no_compilation_cache", action="store_true",
+        help="do not read or write JAX's persistent compilation cache (default: on, in "
+             "$XDG_CACHE_HOME/flax_transformer/jax, i.e. ~/.cache/...; "
+             "FLAX_TRANSFORMER_COMPILATION_CACHE=off|DIR also turns it off or moves it)")
+
+
+def use_compilation_cache(args: argparse.Namespace) -> None:
+    """Turns the persistent compilation cache on unless --no_compilation_cache was given."""
+    from flax_transformer import parallel  # imports JAX: not before parsing (fast --help)
+
+    parallel.use_compilation_cache(enabled=not args.no_compilation_cache)
+
+
 def fail(message: str) -> None:
     """Prints one clear line and exits with status 2 (a user error, not a crash)."""
     print(f"error: {message}", file=sys.stderr)

@@ -8,11 +8,10 @@ from typing import Any
 
 import jax
 import numpy as np
-import sacrebleu
 
 from flax_transformer import data, training, translate
 from flax_transformer.config import Config
-from flax_transformer.data import batching, number_words
+from flax_transformer.data import batching
 from flax_transformer.model import Transformer
 
 
@@ -22,12 +21,16 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     Returns:
       (score, sacreBLEU signature).
     """
+    import sacrebleu  # here, not at the top: decode.py without references never needs it
+
     metric = sacrebleu.BLEU()
     score = metric.corpus_score(hypotheses, [references]).score
     return score, str(metric.get_signature())
 
 
 def chrf(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+    import sacrebleu
+
     metric = sacrebleu.CHRF()
     return metric.corpus_score(hypotheses, [references]).score, str(metric.get_signature())
 
@@ -55,6 +58,8 @@ def score_lines(hypotheses: list[str], references: list[str]) -> list[str]:
 
 def _number_of(source: str, reference: str) -> int:
     """The number a number_words pair writes, read from its English side."""
+    from flax_transformer.data import number_words  # imports TFDS (its dataset builder)
+
     try:
         return number_words.parse_english(source)
     except data.DataError:
@@ -74,6 +79,8 @@ def digit_classes(sources: list[str], hypotheses: list[str], references: list[st
       examples, then "all of 0–999" (key "below_1000"); "seen" counts the examples whose
       source is in train_sources.
     """
+    from flax_transformer.data import number_words
+
     numbers = np.asarray([_number_of(s, r) for s, r in zip(sources, references, strict=True)])
     correct = np.asarray([h.strip() == r.strip() for h, r in zip(hypotheses, references,
                                                                    strict=True)])

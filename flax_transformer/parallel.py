@@ -12,10 +12,11 @@ four verbs, so the training loop never branches on the strategy:
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 import os
 from typing import Any
 
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +26,56 @@ from flax_transformer import training
 from flax_transformer.config import Config
 
 AXIS = "data"
+
+
+CACHE_ENV = "FLAX_TRANSFORMER_COMPILATION_CACHE"
+CACHE_MAX_BYTES = 2**30  # least recently used programs are evicted beyond this
+_OFF = ("off", "0", "false", "no", "none")
+
+
+def compilation_cache_dir(enabled: bool = True) -> str | None:
+    """Where compiled programs persist between processes; None when the cache is off.
+
+    ``$FLAX_TRANSFORMER_COMPILATION_CACHE`` = ``off`` turns it off, a path moves it;
+    by default it is ``$XDG_CACHE_HOME/flax_transformer/jax`` (``~/.cache/...``), shared
+    by every run of this user: a decode.py of any run, or a resumed train.py, finds the
+    programs of the same shapes that an earlier process compiled.
+    """
+    setting = os.environ.get(CACHE_ENV, "").strip()
+    if not enabled or setting.lower() in _OFF:
+        return None
+    if setting and setting.lower() not in ("on", "1", "true", "yes"):
+        return os.path.abspath(os.path.expanduser(setting))
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache_home, "flax_transformer", "jax")
+
+
+def use_compilation_cache(enabled: bool = True) -> str | None:
+    """Turns on JAX's persistent compilation cache (before the first compilation).
+
+    Every program is cached, however quick to compile: on a CPU the many small ones
+    (parameter initialisation, host-device transfers) add up to seconds of start-up.
+    JAX keys entries by the program, the jax/XLA version, the device kind and XLA flags,
+    so a cache shared between runs and versions never returns a wrong program.
+
+    Returns:
+      the cache directory, or None when it is off (``enabled`` False, the environment
+      variable says off, or the directory cannot be created).
+    """
+    directory = compilation_cache_dir(enabled)
+    if directory is None:
+        return None
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        logging.warning("compilation cache off: cannot create %s (%s)", directory, error)
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if importlib.util.find_spec("filelock") is not None:  # JAX's eviction needs it
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return directory
 
 
 def initialize_distributed(coordinator: str = "", num_processes: int = 0,
@@ -83,9 +134,16 @@ class PmapStrategy:
         self._train = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
         self._eval = jax.pmap(functools.partial(training.eval_step, config=config,
                                                 axis_name=AXIS), axis_name=AXIS)
+        # The replicas must carry the sharding the step's outputs carry: jit's cache key
+        # includes the arguments' shardings, and flax.jax_utils.replicate's (a mesh axis
+        # named "_device_put_sharded") made the second step compile the whole step again.
+        self._replicate = jax.pmap(lambda tree: tree, axis_name=AXIS)
 
     def put_state(self, state: Any) -> Any:
-        return flax.jax_utils.replicate(jax.device_get(state), jax.local_devices())
+        count = jax.local_device_count()
+        stacked = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (count, *np.shape(leaf))),
+                               jax.device_get(state))
+        return self._replicate(stacked)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         count = jax.local_device_count()

@@ -11,16 +11,25 @@ Drawn with the Agg backend, so no display is needed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; must precede pyplot's import
-import matplotlib.pyplot as plt
 import numpy as np
 
 PANEL_INCHES = 0.22   # per token along each axis
 MIN_PANEL_INCHES = 2.0
+
+
+@functools.cache
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, imported on first use (it takes a second)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def attention_labels(kind: str, source_pieces: Sequence[str], output_pieces: Sequence[str],
@@ -92,8 +101,8 @@ def attention_grid(weights: np.ndarray, x_labels: Sequence[str], y_labels: Seque
         raise ValueError(f"weights of {queries}×{keys} queries×keys do not match "
                          f"{len(y_labels)} y labels and {len(x_labels)} x labels.")
     width, height = _panel_size(keys, queries)
-    figure, grid = plt.subplots(layers, heads, figsize=(width * heads, height * layers + 0.6),
-                                squeeze=False)
+    figure, grid = _pyplot().subplots(layers, heads, squeeze=False,
+                                      figsize=(width * heads, height * layers + 0.6))
     image = None
     for layer in range(layers):
         for head in range(heads):
@@ -131,4 +140,4 @@ def save_attention_grid(path: str, weights: np.ndarray, *, x_labels: Sequence[st
         figure.savefig(path, dpi=100, bbox_inches="tight")
         return plotted_matrices(figure)
     finally:
-        plt.close(figure)
+        _pyplot().close(figure)

@@ -1,19 +1,28 @@
-"""Gives JAX four simulated CPU devices so that parallel code is tested on a laptop."""
+"""Gives JAX four simulated CPU devices so that parallel code is tested on a laptop.
 
+The persistent compilation cache of the CLIs (and of train.py/decode.py children) goes
+to a directory of this test session, never to the user's ~/.cache: tests must not write
+there, and a fresh cache per session keeps the tests independent of earlier runs.
+"""
+
+import atexit
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-
-import contextlib
-import signal
-import subprocess
-import time
-
-import pytest
+_CACHE_DIR = tempfile.mkdtemp(prefix="flax_transformer_jax_cache_")
+os.environ["FLAX_TRANSFORMER_COMPILATION_CACHE"] = _CACHE_DIR
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 
 class Child:

@@ -12,10 +12,10 @@ tokenization cache), batching.py (token-budget plans, buckets, packing), pipelin
 monolingual.py views one side as text for decoder_only/encoder_only runs.
 """
 
+import importlib
+from typing import Any
+
 from flax_transformer.data.errors import DataError
-from flax_transformer.data.monolingual import batch_config, describe_text, load_text_splits
-from flax_transformer.data.pipeline import TrainBatches, eval_batches, train_batches
-from flax_transformer.data.sources import TextPairs, describe, load_splits
 from flax_transformer.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -26,6 +26,34 @@ from flax_transformer.data.tokenizer import (
     Tokenizer,
     get_tokenizer,
 )
+
+# Imported on first use (PEP 562): TFDS and grain take seconds to import, and translating
+# with a trained run (decode.py) needs neither, only the tokenizer.
+_LAZY = {
+    "batch_config": "monolingual", "describe_text": "monolingual",
+    "load_text_splits": "monolingual",
+    "TrainBatches": "pipeline", "eval_batches": "pipeline", "train_batches": "pipeline",
+    "TextPairs": "sources", "describe": "sources", "load_splits": "sources",
+}
+
+
+_SUBMODULES = ("batching", "monolingual", "number_words", "parallel_text", "pipeline",
+               "sources", "tokens")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # data.sources etc. (importing it binds the attribute)
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
 
 __all__ = [
     "BOS_ID",

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flax_transformer.data.errors import DataError
-from flax_transformer.data.tokens import TokenizedPairs
+
+if TYPE_CHECKING:  # annotations only: tokens.py imports grain, which decoding never needs
+    from flax_transformer.data.tokens import TokenizedPairs
 
 
 @dataclasses.dataclass(frozen=True)
