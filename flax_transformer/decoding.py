@@ -142,7 +142,8 @@ def _token_by_token(tokens_to_logits: TokensToLogits, cache: Cache,
     """The loop shared by greedy search and sampling: one chosen token per row and step.
 
     ``choose(logits [B, V], step) -> int [B]`` sees logits with ``pad_id`` masked and the
-    constraints applied; the log-probability is the model's, before both.
+    constraints applied (where they forbid every token, EOS is allowed: the row ends);
+    the log-probability is the model's, before both.
     """
     start = _start_tokens(bos_id, _batch_size(cache))
     batch = start.shape[0]
@@ -160,6 +161,10 @@ def _token_by_token(tokens_to_logits: TokensToLogits, cache: Cache,
         logits = _forbid(logits.astype(jnp.float32), pad_id)
         allowed = _constrain(logits, outputs, step, constraints, eos_id=eos_id,
                              value=-jnp.inf)
+        if constraints != Constraints():  # a row the rules leave no token ends instead
+            stuck = jnp.all(allowed == -jnp.inf, axis=-1, keepdims=True)       # [B, 1]
+            allowed = jnp.where(stuck & (jnp.arange(logits.shape[-1]) == eos_id), logits,
+                                allowed)
         chosen = choose(allowed, step).astype(jnp.int32)
         chosen = jnp.where(finished, pad_id, chosen)
         chosen_log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),

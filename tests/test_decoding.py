@@ -348,6 +348,19 @@ def test_min_length_forbids_eos_before_it_in_every_search(eos_first, method):
             assert np.all(tokens[:, min_length] == EOS)  # then EOS wins again
 
 
+@pytest.mark.parametrize("method", ["greedy", "sample"])
+def test_a_row_the_rules_leave_no_token_ends_with_eos_instead_of_emitting_pad(
+        eos_first, method):
+    # n = 1 bans every token once written; min_length 10 bans EOS: after the 6 other
+    # tokens (1, BOS, A, B, C, D) nothing is allowed, so the row ends.
+    config = _searches(dict(min_length=10, no_repeat_ngram_size=1))[method]
+    found = _jitted(decoding.search, *table_model(eos_first, 2), config, bos_id=BOS,
+                    eos_id=EOS, max_length=12)
+    for row in np.asarray(found.tokens[:, 0]):
+        assert sorted(row[:6]) == [1, BOS, A, B, C, D] and row[6] == EOS
+        assert np.all(row[7:] == PAD)
+
+
 def _table_log_prob(table, start, tokens):
     """log P(tokens | start) read from a table model (pad masked), up to the first EOS."""
     total, previous = 0.0, start
