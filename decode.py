@@ -6,6 +6,9 @@
     python decode.py --workdir runs/default --input "forty-two" --attention_plot att.png
     python decode.py --workdir runs/lm --input "drei"                  # model.kind decoder_only
     python decode.py --workdir runs/mlm --input "drei<mask>zwanzig" --top_k 3   # encoder_only
+    python decode.py --workdir runs/default --input "seven hundred twelve" --nbest 4 \\
+        --print_scores
+    python decode.py --workdir runs/default --input_file test.en --output_format jsonl
 
 What a line becomes depends on the run's model.kind:
   encoder_decoder  its translation (search: --method greedy, beam or sample);
@@ -19,8 +22,9 @@ What a line becomes depends on the run's model.kind:
 Flags that only fit another kind (--attention_plot without cross-attention, <mask> for a
 decoder_only run, search flags for an encoder_only run) are refused with exit status 2.
 
-Outputs go to stdout (or --output_file), one per input line and in input order;
-everything else (what was restored, warnings, BLEU/chrF, plot paths) goes to stderr.
+Outputs go to stdout (or --output_file), one per input line and in input order (N lines
+per input with --nbest N or --num_samples N, best first); everything else (what was
+restored, warnings, BLEU/chrF, plot paths) goes to stderr.
 Search options default to the run's saved config (config.json, section "decode").
 A progress bar shows on stderr for files when stderr is a terminal. Decoding runs on
 JAX's default device (a GPU/TPU when there is one).
@@ -74,6 +78,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     io.add_argument("--reference_file", default=None, metavar="R",
                     help="references (plain or .gz), one per input line: print sacreBLEU "
                          "(cased, signature shown), chrF and exact match to stderr")
+    io.add_argument("--output_format", default="text", choices=("text", "jsonl"),
+                    help="text: hypotheses one per line (default); jsonl: one JSON object "
+                         "per input with source, hypotheses, log_probs and scores")
+    io.add_argument("--print_scores", action="store_true",
+                    help="text format: append TAB log P(hypothesis) TAB length-normalised "
+                         "score log P / ((5+|Y|)/6)^length_penalty (GNMT, |Y| counts EOS)")
     io.add_argument("--attention_plot", default=None, metavar="OUT.png",
                     help="draw the cross-attention of every layer and head for the first "
                          "(non-empty) input as heatmaps, source pieces on x, output on y")
@@ -95,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail("give either --input or --input_file, not both.")
     if args.self_attention and not args.attention_plot:
         cli.fail("--self_attention needs --attention_plot OUT.png.")
+    if args.print_scores and args.output_format == "jsonl":
+        cli.fail("--print_scores is for --output_format text; jsonl always holds the scores.")
     from flax_transformer import inference  # after parsing: --help stays fast
 
     cli.use_compilation_cache(args)
@@ -105,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         input_file=args.input_file, output_file=args.output_file,
         reference_file=args.reference_file, attention_plot=args.attention_plot,
         self_attention=args.self_attention,
-        decode_overrides={flag: getattr(args, flag) for flag in SEARCH_FLAGS})
+        decode_overrides={flag: getattr(args, flag) for flag in SEARCH_FLAGS},
+        output_format=args.output_format, print_scores=args.print_scores)
     try:
         inference.run(request)
     except inference.DECODE_USER_ERRORS as error:

@@ -125,9 +125,10 @@ def make_search(model: Transformer, *, beam_size: int, caching: str, max_length:
         common_args = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_length=max_length,
                            pad_id=PAD_ID)
         if beam_size == 1:
-            return decoding.greedy_search(never_eos(tokens_to_logits), cache, **common_args)
-        tokens, _ = decoding.beam_search(never_eos(tokens_to_logits), cache,
-                                         beam_size=beam_size, **common_args)
+            return decoding.greedy_search(never_eos(tokens_to_logits), cache,
+                                          **common_args).tokens
+        tokens, _, _ = decoding.beam_search(never_eos(tokens_to_logits), cache,
+                                            beam_size=beam_size, **common_args)
         return tokens[:, 0]
     return jax.jit(search)
 

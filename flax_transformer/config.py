@@ -233,14 +233,32 @@ class DecodeConfig:
     seed: int = _field(0, "sampling: random seed (same seed, same samples)")
     tokens_per_batch: int = _field(4096, "source tokens per decoding batch (padding "
                                          "included; also the validation BLEU's batches)")
+    nbest: int = _field(1, "beam search: output the N best hypotheses (N <= beam_size)")
+    num_samples: int = _field(1, "sampling: output this many independent samples per input")
+    min_length: int = _field(0, "EOS forbidden before this many output tokens (every "
+                                "method)")
+    no_repeat_ngram_size: int = _field(0, "no n-gram of this size twice in an output "
+                                          "(every method); 0 = off")
 
     def validate(self) -> None:
         _one_of(self, "method", ("greedy", "beam", "sample"))
-        _positive(self, "beam_size", "tokens_per_batch", "temperature")
-        _non_negative(self, "length_penalty", "max_extra_length", "top_k")
+        _positive(self, "beam_size", "tokens_per_batch", "temperature", "nbest",
+                  "num_samples")
+        _non_negative(self, "length_penalty", "max_extra_length", "top_k", "min_length",
+                      "no_repeat_ngram_size")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"decode.top_p={self.top_p} must be in (0, 1].")
         _seed_range(self, "seed")
+        if self.nbest > 1 and self.method != "beam":
+            raise ConfigError(f"decode.nbest={self.nbest} needs method 'beam', not "
+                              f"{self.method!r}; for several samples use num_samples.")
+        if self.nbest > self.beam_size:
+            raise ConfigError(f"decode.nbest={self.nbest} exceeds decode.beam_size="
+                              f"{self.beam_size}; ask for at most beam_size hypotheses or "
+                              "raise beam_size.")
+        if self.num_samples > 1 and self.method != "sample":
+            raise ConfigError(f"decode.num_samples={self.num_samples} needs method 'sample', "
+                              f"not {self.method!r}; for several beam hypotheses use nbest.")
 
 
 @dataclass(frozen=True, kw_only=True)

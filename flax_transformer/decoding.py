@@ -10,7 +10,14 @@ Conventions shared by every search:
 * outputs exclude the start token (BOS, or the last prompt token), include EOS, and hold
   ``pad_id`` after it; a row that never emits EOS fills all ``max_length`` slots;
 * ``pad_id`` is never emitted (its logit is masked), so padding keeps meaning "nothing";
-* ``bos_id`` is an int, or int [B] with one start token per row.
+* ``bos_id`` is an int, or int [B] with one start token per row;
+* every search returns ``Hypotheses``: the tokens, their log-probability under the model
+  (log-softmax over the vocabulary less ``pad_id``, which no search emits; before any
+  sampling filter, EOS/n-gram ban) and the length-normalised score
+  log P / lp(|Y|) with the GNMT penalty lp of ``gnmt_length_penalty`` (|Y| counts EOS);
+* ``min_length`` forbids EOS before that many tokens and ``no_repeat_ngram_size`` n
+  forbids any token that would repeat an n-gram of the output (fairseq's
+  ``--no-repeat-ngram-size``; the start token and a prompt are not part of the output).
 
 This module holds search only: ``translate.py`` turns a Transformer or DecoderOnly and
 its params into ``tokens_to_logits`` and runs these searches over files of sentences.
@@ -36,6 +43,22 @@ PromptToCache = Callable[[Array, Array, Cache], Cache]
 NEG_INF = -1.0e7  # finite "minus infinity" of beam scores: no inf - inf = NaN anywhere
 
 
+class Hypotheses(NamedTuple):
+    """What a search returns. [B, N, ...] from beam_search and search, [B, ...] from
+    greedy_search and sample (one hypothesis per row)."""
+
+    tokens: Array      # int [B, (N,) T], laid out as the module docstring says
+    log_probs: Array   # float [B, (N)], log P(tokens) under the model
+    scores: Array      # float [B, (N)], log_probs / lp(|tokens|): what beam search ranks by
+
+
+class Constraints(NamedTuple):
+    """Rules every search applies to the next token (0 = off)."""
+
+    min_length: int = 0             # EOS forbidden at output positions < min_length
+    no_repeat_ngram_size: int = 0   # no n-gram of this size twice in an output
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -53,38 +76,111 @@ def _forbid(logits: Array, token_id: int, value: float = -jnp.inf) -> Array:
     return logits.at[..., token_id].set(value)
 
 
+def repeated_ngram_tokens(tokens: Array, length: Array | int, n: int,
+                          vocab_size: int) -> Array:
+    """Tokens that, written at position ``length``, would repeat an n-gram of the output.
+
+    Pure and shape-static: the n-grams are read from the fixed-size buffer, and only
+    those wholly before ``length`` count. Token v is banned for row b iff some n-gram
+    ``tokens[b, i:i+n]`` with i + n ≤ length starts with the row's last n - 1 tokens
+    ``tokens[b, length-n+1:length]`` and ends with v (n = 1 bans every token written).
+
+    Args:
+      tokens: int [B, T], the outputs so far (anything at positions ≥ length).
+      length: int scalar, the number of tokens written.
+      n: the n-gram size (≥ 1, static).
+      vocab_size: V.
+
+    Returns:
+      bool [B, V].
+    """
+    batch, total = tokens.shape
+    if total < n:
+        return jnp.zeros((batch, vocab_size), bool)
+    starts = total - n + 1
+    windows = jnp.stack([tokens[:, i:i + starts] for i in range(n)], axis=-1)  # [B, I, n]
+    last = lax.dynamic_slice_in_dim(
+        jnp.pad(tokens, ((0, 0), (n - 1, 0))), length, n - 1, axis=1)        # [B, n-1]
+    matches = jnp.all(windows[:, :, :n - 1] == last[:, None, :], axis=-1)  # [B, I]
+    matches &= (jnp.arange(starts) + n <= length)[None, :]
+    banned = jnp.zeros((batch, vocab_size), jnp.int32)
+    banned = banned.at[jnp.arange(batch)[:, None], windows[:, :, n - 1]].max(
+        matches.astype(jnp.int32))
+    return banned > 0
+
+
+def _constrain(scores: Array, outputs: Array, step: Array, constraints: Constraints, *,
+               eos_id: int, value: float) -> Array:
+    """Sets ``value`` where constraints forbid the token at output position ``step``.
+
+    Args:
+      scores: float [R, V] logits or log-probabilities of the next token.
+      outputs: int [R, T], the outputs so far (step tokens written).
+    """
+    if constraints.no_repeat_ngram_size:
+        banned = repeated_ngram_tokens(outputs, step, constraints.no_repeat_ngram_size,
+                                       scores.shape[-1])
+        scores = jnp.where(banned, value, scores)
+    if constraints.min_length:
+        scores = jnp.where(step < constraints.min_length, _forbid(scores, eos_id, value),
+                           scores)
+    return scores
+
+
+def normalised_scores(tokens: Array, log_probs: Array, alpha: float, pad_id: int) -> Array:
+    """log_probs / lp(|Y|), |Y| the tokens other than pad (EOS included). [...]."""
+    return log_probs / gnmt_length_penalty(jnp.sum(tokens != pad_id, axis=-1), alpha)
+
+
 # --------------------------------------------------------------------------- greedy, sampling
 
 
 def _token_by_token(tokens_to_logits: TokensToLogits, cache: Cache,
                     choose: Callable[[Array, Array], Array], *, bos_id: int | Array,
-                    eos_id: int, max_length: int, pad_id: int) -> Array:
+                    eos_id: int, max_length: int, pad_id: int, length_penalty: float,
+                    constraints: Constraints) -> Hypotheses:
     """The loop shared by greedy search and sampling: one chosen token per row and step.
 
-    ``choose(logits [B, V], step) -> int [B]`` sees logits with ``pad_id`` masked.
+    ``choose(logits [B, V], step) -> int [B]`` sees logits with ``pad_id`` masked and the
+    constraints applied (where they forbid every token, EOS is allowed: the row ends);
+    the log-probability is the model's, before both.
     """
     start = _start_tokens(bos_id, _batch_size(cache))
     batch = start.shape[0]
     outputs = jnp.full((batch, max_length), pad_id, jnp.int32)             # [B, T]
-    initial = (jnp.int32(0), start, jnp.zeros((batch,), bool), outputs, cache)
+    initial = (jnp.int32(0), start, jnp.zeros((batch,), bool), outputs,
+               jnp.zeros((batch,), jnp.float32), cache)
 
     def not_done(state):
-        step, _, finished, _, _ = state
+        step, _, finished, _, _, _ = state
         return (step < max_length) & ~jnp.all(finished)
 
     def step_fn(state):
-        step, last, finished, outputs, cache = state
+        step, last, finished, outputs, log_probs, cache = state
         logits, cache = tokens_to_logits(last, cache)
-        chosen = choose(_forbid(logits.astype(jnp.float32), pad_id), step).astype(jnp.int32)
+        logits = _forbid(logits.astype(jnp.float32), pad_id)
+        allowed = _constrain(logits, outputs, step, constraints, eos_id=eos_id,
+                             value=-jnp.inf)
+        if constraints != Constraints():  # a row the rules leave no token ends instead
+            stuck = jnp.all(allowed == -jnp.inf, axis=-1, keepdims=True)       # [B, 1]
+            allowed = jnp.where(stuck & (jnp.arange(logits.shape[-1]) == eos_id), logits,
+                                allowed)
+        chosen = choose(allowed, step).astype(jnp.int32)
         chosen = jnp.where(finished, pad_id, chosen)
+        chosen_log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                                           chosen[:, None], axis=-1)[:, 0]  # [B]
+        log_probs += jnp.where(finished, 0.0, chosen_log_p)
         outputs = lax.dynamic_update_slice(outputs, chosen[:, None], (0, step))
-        return step + 1, chosen, finished | (chosen == eos_id), outputs, cache
+        return step + 1, chosen, finished | (chosen == eos_id), outputs, log_probs, cache
 
-    return lax.while_loop(not_done, step_fn, initial)[3]
+    _, _, _, outputs, log_probs, _ = lax.while_loop(not_done, step_fn, initial)
+    return Hypotheses(outputs, log_probs,
+                      normalised_scores(outputs, log_probs, length_penalty, pad_id))
 
 
 def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, bos_id: int | Array,
-                  eos_id: int, max_length: int, pad_id: int = 0) -> Array:
+                  eos_id: int, max_length: int, pad_id: int = 0, length_penalty: float = 0.0,
+                  constraints: Constraints = Constraints()) -> Hypotheses:
     """The most likely next token at every step.
 
     Args:
@@ -94,15 +190,19 @@ def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, bos_id: int
       eos_id: end token; a row stops after emitting it.
       max_length: T, most output tokens per row.
       pad_id: written after EOS; never emitted.
+      length_penalty: alpha of the reported scores only (the search ignores it).
+      constraints: min_length and no_repeat_ngram_size.
 
     Returns:
-      tokens int [B, T]: without the start token, with EOS, pad after EOS.
+      Hypotheses: tokens int [B, T] without the start token, with EOS, pad after EOS;
+      log_probs and scores float [B].
     """
     def choose(logits, step):
         del step
         return jnp.argmax(logits, axis=-1)
     return _token_by_token(tokens_to_logits, cache, choose, bos_id=bos_id, eos_id=eos_id,
-                           max_length=max_length, pad_id=pad_id)
+                           max_length=max_length, pad_id=pad_id,
+                           length_penalty=length_penalty, constraints=constraints)
 
 
 def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
@@ -135,19 +235,24 @@ def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
 
 def sample(tokens_to_logits: TokensToLogits, cache: Cache, rng: Array, *,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           bos_id: int | Array, eos_id: int, max_length: int, pad_id: int = 0) -> Array:
+           bos_id: int | Array, eos_id: int, max_length: int, pad_id: int = 0,
+           length_penalty: float = 0.0,
+           constraints: Constraints = Constraints()) -> Hypotheses:
     """Ancestral sampling from the filtered next-token distribution (see filter_logits).
 
-    The key of step t is ``fold_in(rng, t)``: the same rng gives the same samples.
+    The constraints remove tokens before the filters. The key of step t is
+    ``fold_in(rng, t)``: the same rng gives the same samples. The reported log_probs are
+    the model's (unfiltered log-softmax), not those of the distribution sampled from.
 
     Returns:
-      tokens int [B, T], T = max_length, laid out as greedy_search's.
+      Hypotheses laid out as greedy_search's.
     """
     def choose(logits, step):
         filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
         return jax.random.categorical(jax.random.fold_in(rng, step), filtered, axis=-1)
     return _token_by_token(tokens_to_logits, cache, choose, bos_id=bos_id, eos_id=eos_id,
-                           max_length=max_length, pad_id=pad_id)
+                           max_length=max_length, pad_id=pad_id,
+                           length_penalty=length_penalty, constraints=constraints)
 
 
 # --------------------------------------------------------------------------- beam search
@@ -184,6 +289,7 @@ class BeamState(NamedTuple):
     alive_log_probs: Array   # float [B, W], log P of each alive hypothesis
     finished_tokens: Array   # int [B, W, T], hypotheses ending in EOS, best first
     finished_scores: Array   # float [B, W], log P / lp, NEG_INF for an empty slot
+    finished_log_probs: Array  # float [B, W], log P of each finished hypothesis
     finished_flags: Array    # bool [B, W], slot holds a hypothesis
     cache: Cache             # leaves [B·W, ...]
 
@@ -202,6 +308,7 @@ def _initial_beam_state(start: Array, cache: Cache, beam_size: int, max_length: 
         alive_log_probs=jnp.broadcast_to(first_beam, (batch, beam_size)),
         finished_tokens=tokens,
         finished_scores=jnp.full((batch, beam_size), NEG_INF),
+        finished_log_probs=jnp.full((batch, beam_size), NEG_INF),
         finished_flags=jnp.zeros((batch, beam_size), bool),
         cache=expand_beams(cache, beam_size))
 
@@ -239,7 +346,7 @@ def _beam_candidates(state: BeamState, log_probs: Array) -> tuple[Array, ...]:
 
 
 def _beam_step(state: BeamState, *, tokens_to_logits: TokensToLogits, alpha: float,
-               eos_id: int, pad_id: int) -> BeamState:
+               eos_id: int, pad_id: int, constraints: Constraints) -> BeamState:
     """Extends every alive hypothesis by one token; EOS endings move to the finished pool.
 
     As in the textbook (and fairseq), the step keeps the W best extensions: those of them
@@ -249,7 +356,10 @@ def _beam_step(state: BeamState, *, tokens_to_logits: TokensToLogits, alpha: flo
     batch, beams = state.last_tokens.shape
     logits, cache = tokens_to_logits(state.last_tokens.reshape(-1), state.cache)
     logits = _forbid(logits.astype(jnp.float32), pad_id, NEG_INF)
-    log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(batch, beams, -1)  # [B, W, V]
+    log_probs = _constrain(jax.nn.log_softmax(logits, axis=-1),
+                           state.alive_tokens.reshape(batch * beams, -1), state.step,
+                           constraints, eos_id=eos_id, value=NEG_INF)
+    log_probs = log_probs.reshape(batch, beams, -1)                           # [B, W, V]
     log_p, beam_indices, tokens, sequences = _beam_candidates(state, log_probs)
     is_eos = tokens == eos_id
 
@@ -266,12 +376,14 @@ def _beam_step(state: BeamState, *, tokens_to_logits: TokensToLogits, alpha: flo
         finished_tokens=_gather_beams(
             jnp.concatenate([state.finished_tokens, sequences], axis=1), pool),
         finished_scores=_gather_beams(pool_scores, pool),
+        finished_log_probs=_gather_beams(
+            jnp.concatenate([state.finished_log_probs, log_p], axis=1), pool),
         finished_flags=_gather_beams(
             jnp.concatenate([state.finished_flags, ends], axis=1), pool),
         cache=_reorder_cache(cache, _gather_beams(beam_indices, alive)))
 
 
-def _best_first(state: BeamState, *, alpha: float, max_length: int) -> tuple[Array, Array]:
+def _best_first(state: BeamState, *, alpha: float, max_length: int) -> Hypotheses:
     """Finished hypotheses best first; slots a row could not fill take alive ones.
 
     An alive hypothesis at the end ran out of room (max_length tokens, no EOS); it is
@@ -283,13 +395,16 @@ def _best_first(state: BeamState, *, alpha: float, max_length: int) -> tuple[Arr
         alive_scores + 2 * NEG_INF], axis=1)                                  # [B, 2W]
     best = lax.top_k(ranking, state.alive_log_probs.shape[1])[1]              # [B, W]
     scores = jnp.concatenate([state.finished_scores, alive_scores], axis=1)
+    log_probs = jnp.concatenate([state.finished_log_probs, state.alive_log_probs], axis=1)
     tokens = jnp.concatenate([state.finished_tokens, state.alive_tokens], axis=1)
-    return _gather_beams(tokens, best), _gather_beams(scores, best)
+    return Hypotheses(_gather_beams(tokens, best), _gather_beams(log_probs, best),
+                      _gather_beams(scores, best))
 
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, beam_size: int,
                 length_penalty: float = 0.6, bos_id: int | Array, eos_id: int,
-                max_length: int, pad_id: int = 0) -> tuple[Array, Array]:
+                max_length: int, pad_id: int = 0,
+                constraints: Constraints = Constraints()) -> Hypotheses:
     """Beam search with the GNMT length penalty and a separate pool of finished hypotheses.
 
     Args:
@@ -299,13 +414,14 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, beam_size: in
       cache: the initial cache, leaves [B, ...].
       beam_size: W.
       length_penalty: alpha of lp(Y) = ((5 + |Y|) / 6)^alpha; score = log P(Y) / lp(Y).
-      bos_id, eos_id, max_length, pad_id: as in greedy_search.
+      bos_id, eos_id, max_length, pad_id, constraints: as in greedy_search; the
+        constraints set the log-probability of a forbidden token to NEG_INF.
 
     Returns:
-      tokens int [B, W, T] and scores float [B, W]: hypotheses that ended with EOS, best
-      first, then (only where a row has fewer than W of them) hypotheses cut off at
-      max_length, scored log P / lp(T). The loop stops early once no alive hypothesis can
-      beat any of the W finished ones of its row.
+      Hypotheses with tokens int [B, W, T], log_probs and scores float [B, W]: hypotheses
+      that ended with EOS, best first, then (only where a row has fewer than W of them)
+      hypotheses cut off at max_length, scored log P / lp(T). The loop stops early once no
+      alive hypothesis can beat any of the W finished ones of its row.
     """
     alpha = length_penalty
     start = _start_tokens(bos_id, _batch_size(cache))
@@ -313,7 +429,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, beam_size: in
     state = lax.while_loop(
         functools.partial(_beam_not_done, alpha=alpha, max_length=max_length),
         functools.partial(_beam_step, tokens_to_logits=tokens_to_logits, alpha=alpha,
-                          eos_id=eos_id, pad_id=pad_id),
+                          eos_id=eos_id, pad_id=pad_id, constraints=constraints),
         state)
     return _best_first(state, alpha=alpha, max_length=max_length)
 
@@ -344,22 +460,42 @@ def prefill(prompt_to_cache: PromptToCache, cache: Cache, prompt_tokens: Array,
 
 def search(tokens_to_logits: TokensToLogits, cache: Cache, decode_config: DecodeConfig, *,
            bos_id: int | Array, eos_id: int, max_length: int, pad_id: int = 0,
-           rng: Array | None = None) -> Array:
-    """Runs decode_config.method; beam search returns its best hypothesis. int [B, T].
+           rng: Array | None = None) -> Hypotheses:
+    """Runs decode_config.method with its constraints.
 
-    rng: the sampling key; None = ``jax.random.key(decode_config.seed)``.
+    Returns:
+      Hypotheses [B, N, ...], best first for beam search: N = decode_config.nbest for beam
+      search, decode_config.num_samples for sampling (row b's samples are independent),
+      1 for greedy search. rng: the sampling key; None = ``jax.random.key(decode_config.seed)``.
     """
-    common = dict(bos_id=bos_id, eos_id=eos_id, max_length=max_length, pad_id=pad_id)
+    common = dict(bos_id=bos_id, eos_id=eos_id, max_length=max_length, pad_id=pad_id,
+                  constraints=Constraints(decode_config.min_length,
+                                          decode_config.no_repeat_ngram_size))
+    alpha = decode_config.length_penalty
     if decode_config.method == "greedy":
-        return greedy_search(tokens_to_logits, cache, **common)
+        found = greedy_search(tokens_to_logits, cache, length_penalty=alpha, **common)
+        return jax.tree.map(lambda leaf: leaf[:, None], found)
     if decode_config.method == "beam":
-        tokens, _ = beam_search(tokens_to_logits, cache, beam_size=decode_config.beam_size,
-                                length_penalty=decode_config.length_penalty, **common)
-        return tokens[:, 0]
+        found = beam_search(tokens_to_logits, cache, beam_size=decode_config.beam_size,
+                            length_penalty=alpha, **common)
+        return jax.tree.map(lambda leaf: leaf[:, :decode_config.nbest], found)
     if decode_config.method == "sample":
-        if rng is None:
-            rng = jax.random.key(decode_config.seed)
-        return sample(tokens_to_logits, cache, rng, temperature=decode_config.temperature,
-                      top_k=decode_config.top_k, top_p=decode_config.top_p, **common)
+        return _samples(tokens_to_logits, cache, decode_config, rng, **common)
     raise ValueError(f"decode.method={decode_config.method!r} must be 'greedy', 'beam' or "
                      "'sample'.")
+
+
+def _samples(tokens_to_logits: TokensToLogits, cache: Cache, decode_config: DecodeConfig,
+             rng: Array | None, *, bos_id: int | Array, **common: Any) -> Hypotheses:
+    """decode_config.num_samples = K samples per row: [B, K, ...], the rows repeated K times."""
+    samples = decode_config.num_samples
+    batch = _batch_size(cache)
+    if samples > 1:
+        cache = expand_beams(cache, samples)
+        bos_id = jnp.repeat(_start_tokens(bos_id, batch), samples)
+    found = sample(tokens_to_logits, cache,
+                   jax.random.key(decode_config.seed) if rng is None else rng,
+                   temperature=decode_config.temperature, top_k=decode_config.top_k,
+                   top_p=decode_config.top_p, bos_id=bos_id,
+                   length_penalty=decode_config.length_penalty, **common)
+    return jax.tree.map(lambda leaf: leaf.reshape(batch, samples, *leaf.shape[1:]), found)

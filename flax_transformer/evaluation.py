@@ -181,7 +181,7 @@ class Evaluator:
             self.translate_fn, params, self.sources,
             buckets=batching.bucket_lengths(data_config.bucket_lengths, data_config.max_length),
             tokens_per_batch=self.config.decode.tokens_per_batch, pad_id=self.tokenizer.pad_id)
-        return [self.tokenizer.decode(row) for row in rows]
+        return [self.tokenizer.decode(found.tokens[0]) for found in rows]
 
     def loss_metrics(self, state: Any) -> dict:
         """Loss, NLL, perplexity and accuracy over ``loss_batches`` (no decoding)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -163,10 +164,13 @@ def _translate_fn(model: Transformer, decode_config: config_lib.DecodeConfig, bo
 class Translations:
     """Outputs of translate_lines, in input order."""
 
-    translations: list[str]
+    translations: list[str]      # the best (or only) hypothesis of each input
     sources: list[list[int]]     # the encoded inputs, EOS included (empty for empty lines)
-    outputs: list[list[int]]     # output ids, without EOS (Tokenizer.content_ids)
+    outputs: list[list[int]]     # the best output's ids, without EOS (Tokenizer.content_ids)
     truncated: int               # lines cut to the model's max_length
+    hypotheses: list[list[str]]  # N per input: decode.nbest (beam), num_samples or 1
+    log_probs: list[list[float]]  # log P of each hypothesis under the model
+    scores: list[list[float]]    # log P / lp(|Y|) with decode.length_penalty (GNMT)
 
 
 def translate_lines(restored: Restored, lines: Sequence[str],
@@ -188,9 +192,13 @@ def translate_lines(restored: Restored, lines: Sequence[str],
             buckets=batching.bucket_lengths((), max_length),
             tokens_per_batch=decode_config.tokens_per_batch, pad_id=tokenizer.pad_id,
             rng=jax.random.key(decode_config.seed), on_batch=bar.update)
-    return Translations(translations=[tokenizer.decode(row) for row in rows],
-                        sources=sources, outputs=[tokenizer.content_ids(row) for row in rows],
-                        truncated=truncated)
+    hypotheses = [[tokenizer.decode(row) for row in found.tokens] for found in rows]
+    return Translations(
+        translations=[texts[0] for texts in hypotheses], sources=sources,
+        outputs=[tokenizer.content_ids(found.tokens[0]) for found in rows],
+        truncated=truncated, hypotheses=hypotheses,
+        log_probs=[found.log_probs.tolist() for found in rows],
+        scores=[found.scores.tolist() for found in rows])
 
 
 # --------------------------------------------------------------------------- scoring, plots
@@ -258,6 +266,15 @@ def check_flags_fit(request: DecodeRequest, kind: str) -> None:
         raise InferenceError(
             f"--attention_plot draws a translation's cross-attention, which this "
             f"{kind} run does not have; drop --attention_plot/--self_attention.")
+    several = [f"--{name}" for name in ("nbest", "num_samples")
+               if (request.decode_overrides.get(name) or 1) > 1]
+    if kind != "encoder_decoder" and (several or request.output_format != "text"
+                                      or request.print_scores):
+        flag = (several or (["--output_format"] if request.output_format != "text"
+                            else ["--print_scores"]))[0]
+        raise InferenceError(
+            f"{flag} is for translation runs; this {kind} run writes one output line per "
+            "input line, so drop it.")
     if kind == "encoder_only":
         searching = sorted(name for name, value in request.decode_overrides.items()
                            if value is not None and name not in FILL_MASK_FLAGS)
@@ -343,6 +360,8 @@ class DecodeRequest:
       input_file: read when inputs is None; "-" or None with no inputs = stdin.
       decode_overrides: {"method": "beam", ...} as strings, applied to the run's decode
         config (validated like --config.decode.X).
+      output_format: "text" or "jsonl" (see format_output).
+      print_scores: text format: append each hypothesis' log P and score.
     """
 
     workdir: str
@@ -355,6 +374,8 @@ class DecodeRequest:
     attention_plot: str | None = None
     self_attention: bool = False
     decode_overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    output_format: str = "text"
+    print_scores: bool = False
 
 
 def decode_config_for(config: config_lib.Config,
@@ -372,6 +393,35 @@ def input_lines(request: DecodeRequest, stdin: IO) -> list[str]:
     if request.input_file and request.input_file != "-":
         return read_text_file(request.input_file)
     return read_stream(stdin)
+
+
+OUTPUT_FORMATS = ("text", "jsonl")
+
+
+def format_output(result: Translations, lines: Sequence[str], output_format: str,
+                  print_scores: bool) -> list[str]:
+    """The output lines.
+
+    "text": each input's N hypotheses (decode.nbest or num_samples; 1 by default), best
+    first, one per line; with print_scores each line is ``HYPOTHESIS<TAB>LOG_P<TAB>SCORE``.
+    "jsonl": one JSON object per input, {"source", "hypotheses", "log_probs", "scores"}.
+    LOG_P is log P(hypothesis | source) under the model (EOS included), SCORE is
+    LOG_P / ((5 + |Y|) / 6)^decode.length_penalty (GNMT; |Y| counts EOS).
+    """
+    if output_format == "jsonl":
+        return [json.dumps({"source": source, "hypotheses": texts, "log_probs": log_probs,
+                            "scores": scores}, ensure_ascii=False)
+                for source, texts, log_probs, scores in zip(
+                    lines, result.hypotheses, result.log_probs, result.scores, strict=True)]
+    if output_format != "text":
+        raise InferenceError(f"output format {output_format!r} is not one of "
+                             f"{', '.join(OUTPUT_FORMATS)}.")
+    if not print_scores:
+        return [text for texts in result.hypotheses for text in texts]
+    return [f"{text}\t{log_p:.4f}\t{score:.4f}"
+            for texts, log_probs, scores in zip(result.hypotheses, result.log_probs,
+                                                result.scores, strict=True)
+            for text, log_p, score in zip(texts, log_probs, scores, strict=True)]
 
 
 def write_lines(lines: Sequence[str], path: str | None, stdout: IO) -> None:
@@ -411,6 +461,10 @@ def _describe(restored: Restored, decode_config: config_lib.DecodeConfig, count:
         method += (f" (temperature {decode_config.temperature}, top-k {decode_config.top_k}, "
                    f"top-p {decode_config.top_p}, seed {decode_config.seed})")
     method = _kind_task(restored.config.model.kind, decode_config, method)
+    extras = [f"{name} {getattr(decode_config, name)}" for name in
+              ("nbest", "num_samples", "min_length", "no_repeat_ngram_size")
+              if getattr(decode_config, name) != getattr(config_lib.DecodeConfig(), name)]
+    method += "".join(f", {extra}" for extra in extras)
     return (f"restored {restored.description}; {count} line(s), {method}, on "
             f"{jax.devices()[0].platform}")
 
@@ -433,15 +487,17 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     preflight.check_request(request.workdir, request.decode_overrides, request.input_file,
                             request.output_file, request.attention_plot)  # before the restore
-    kind = saved_config(request.workdir).model.kind
+    run_config = saved_config(request.workdir)
+    kind = run_config.model.kind
     check_flags_fit(request, kind)                      # before reading or loading anything
+    # Search options that do not fit together fail here, before the model is loaded.
+    decode_config = decode_config_for(run_config, request.decode_overrides)
     lines = input_lines(request, stdin)
     check_lines_fit(lines, kind)
     if count := preflight.meaningless_lines(lines):
         print(f"warning: {count} line(s) hold no letter or digit (only emoji, symbols or "
               "control characters); their outputs are guesses.", file=stderr)
     restored = restore(request.workdir, request.checkpoint, request.use_ema)
-    decode_config = decode_config_for(restored.config, request.decode_overrides)
     references = read_text_file(request.reference_file) if request.reference_file else None
     if references is not None:
         check_counts(len(lines), references, request.reference_file)  # before decoding
@@ -449,7 +505,7 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     progress = request.inputs is None and len(lines) > 1 and stderr.isatty()
     if kind == "encoder_decoder":
         result = translate_lines(restored, lines, decode_config, progress=progress)
-        written = result.translations
+        written = format_output(result, lines, request.output_format, request.print_scores)
         if result.truncated:
             print(f"warning: {result.truncated} line(s) longer than model.max_length="
                   f"{restored.config.model.max_length} tokens were truncated to it.",

@@ -95,7 +95,7 @@ def continue_lines(model: Any, params: Any, tokenizer: Any, lines: Sequence[str]
         prompts, buckets=batching.bucket_lengths((), max_length - 1),
         tokens_per_batch=decode_config.tokens_per_batch, pad_id=tokenizer.pad_id,
         rng=jax.random.key(decode_config.seed), on_batch=on_batch)
-    continuations = [tokenizer.content_ids(row) for row in rows]
+    continuations = [tokenizer.content_ids(found.tokens[0]) for found in rows]  # best
     outputs = [prompt_and_continuation(tokenizer, None if was_cut else line, prompt, new)
                for line, prompt, new, was_cut in zip(lines, prompts, continuations, cut,
                                                      strict=True)]

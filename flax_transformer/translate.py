@@ -1,8 +1,9 @@
 """Models meet the searches: Transformer/DecoderOnly as ``tokens_to_logits``, compiled.
 
     translate_fn = translate.make_translate_fn(model, decode_config, bos_id=2, eos_id=3)
-    outputs = translate.translate_all(translate_fn, params, sources, buckets=(8, 16, 32),
-                                      tokens_per_batch=4096)      # rows in input order
+    found = translate.translate_all(translate_fn, params, sources, buckets=(8, 16, 32),
+                                    tokens_per_batch=4096)        # one per input, in order
+    found[0].tokens[0], found[0].log_probs[0], found[0].scores[0]  # its best hypothesis
 
 ``seq2seq_decoder`` encodes the sources once and fills every layer's cross-attention
 keys; each search step is then one ``Transformer.extend`` over one token per row.
@@ -87,19 +88,22 @@ def output_length(source_length: int, decode_config: DecodeConfig,
 
 
 def translate(model: Any, params: Any, source_tokens: Array, decode_config: DecodeConfig, *,
-              bos_id: int, eos_id: int, pad_id: int = 0, rng: Array | None = None) -> Array:
+              bos_id: int, eos_id: int, pad_id: int = 0,
+              rng: Array | None = None) -> decoding.Hypotheses:
     """Source sentences -> output tokens with decode_config's search (pure, jit-able).
 
     Args:
       model: a ``Transformer`` (static under jit).
       params: its "params" collection.
       source_tokens: int [B, S], right-padded with pad_id.
-      decode_config: method, beam size, alpha, sampling options, max_extra_length.
+      decode_config: method, beam size, alpha, sampling options, max_extra_length,
+        nbest/num_samples and the constraints.
       bos_id, eos_id, pad_id: from the tokenizer.
       rng: sampling key; None = ``jax.random.key(decode_config.seed)``.
 
     Returns:
-      int [B, T], T = output_length(S, ...): no BOS, EOS included, pad after it.
+      decoding.Hypotheses [B, N, ...] (see decoding.search): tokens int [B, N, T],
+      T = output_length(S, ...), no BOS, EOS included, pad after it.
     """
     max_length = output_length(source_tokens.shape[1], decode_config, model.config)
     tokens_to_logits, cache = seq2seq_decoder(model, params, source_tokens, max_length)
@@ -108,7 +112,7 @@ def translate(model: Any, params: Any, source_tokens: Array, decode_config: Deco
 
 
 def make_translate_fn(model: Any, decode_config: DecodeConfig, *, bos_id: int, eos_id: int,
-                      pad_id: int = 0) -> Callable[..., Array]:
+                      pad_id: int = 0) -> Callable[..., decoding.Hypotheses]:
     """``translate`` compiled once per source shape: fn(params, source_tokens, rng=None)."""
     def translate_fn(params, source_tokens, rng=None):
         return translate(model, params, source_tokens, decode_config, bos_id=bos_id,
@@ -119,7 +123,7 @@ def make_translate_fn(model: Any, decode_config: DecodeConfig, *, bos_id: int, e
 def continue_prompt(model: Any, params: Any, prompt_tokens: Array,
                     decode_config: DecodeConfig, *, eos_id: int, pad_id: int = 0,
                     max_new_tokens: int | None = None, rng: Array | None = None,
-                    piece_count: int | None = None) -> Array:
+                    piece_count: int | None = None) -> decoding.Hypotheses:
     """Continues prompts with a ``DecoderOnly`` model and decode_config's search.
 
     Args:
@@ -137,7 +141,8 @@ def continue_prompt(model: Any, params: Any, prompt_tokens: Array,
         model.vocab_size); None = every id of the model.
 
     Returns:
-      the continuations only, int [B, N], left-aligned, EOS included, pad after it.
+      decoding.Hypotheses [B, N, ...] of the continuations only: tokens int [B, N, T]
+      (T new tokens at most), left-aligned, EOS included, pad after it.
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     prompt_length = prompt_tokens.shape[1]
@@ -168,7 +173,7 @@ def _pieces_only(tokens_to_logits: decoding.TokensToLogits,
 
 def make_continue_fn(model: Any, decode_config: DecodeConfig, *, eos_id: int,
                      pad_id: int = 0, max_new_tokens: int | None = None,
-                     piece_count: int | None = None) -> Callable[..., Array]:
+                     piece_count: int | None = None) -> Callable[..., decoding.Hypotheses]:
     """``continue_prompt`` compiled once per prompt shape: fn(params, prompt_tokens, rng=None)."""
     def continue_fn(params, prompt_tokens, rng=None):
         return continue_prompt(model, params, prompt_tokens, decode_config, eos_id=eos_id,
@@ -197,10 +202,11 @@ def encode_sources(tokenizer: Any, lines: Sequence[str],
     return sequences, truncated
 
 
-def translate_all(translate_fn: Callable[..., Array], params: Any,
+def translate_all(translate_fn: Callable[..., decoding.Hypotheses], params: Any,
                   sequences: Sequence[Sequence[int]], *, buckets: Sequence[int],
                   tokens_per_batch: int, pad_id: int = 0, rng: Array | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> list[np.ndarray]:
+                  on_batch: Callable[[int], None] | None = None
+                  ) -> list[decoding.Hypotheses]:
     """Decodes a list of token sequences through bucketed batches, in input order.
 
     Args:
@@ -211,21 +217,27 @@ def translate_all(translate_fn: Callable[..., Array], params: Any,
       on_batch: called with the number of real sentences after each batch (progress bars).
 
     Returns:
-      the output row int [T] of each sentence as the search wrote it (EOS and padding
-      included: ``Tokenizer.decode`` and ``Tokenizer.content_ids`` read it).
+      per sentence, its decoding.Hypotheses as numpy arrays: tokens int [N, T] as the
+      search wrote them (EOS and padding included: ``Tokenizer.decode`` and
+      ``Tokenizer.content_ids`` read a row), log_probs and scores float [N]. An empty
+      sentence gets N empty hypotheses (T = 0) of log-probability 0.
     """
-    outputs = [np.zeros((0,), np.int32) for _ in sequences]
+    outputs: list[decoding.Hypotheses | None] = [None] * len(sequences)
     batches = batching.source_batches(sequences, buckets, tokens_per_batch=tokens_per_batch,
                                       pad_id=pad_id)
+    count = 1  # hypotheses per sentence, known after the first batch
     for number, batch in enumerate(batches):
         batch_rng = None if rng is None else jax.random.fold_in(rng, number)
-        decoded = np.asarray(translate_fn(params, batch.tokens, batch_rng))
-        real = batch.indices >= 0
-        for index, row in zip(batch.indices[real], decoded[real], strict=True):
-            outputs[index] = row
+        decoded = jax.tree.map(np.asarray, translate_fn(params, batch.tokens, batch_rng))
+        count = decoded.tokens.shape[1]
+        for row, index in enumerate(batch.indices):
+            if index >= 0:
+                outputs[index] = jax.tree.map(lambda leaf, row=row: leaf[row], decoded)
         if on_batch is not None:
-            on_batch(int(real.sum()))
-    return outputs
+            on_batch(int(np.sum(batch.indices >= 0)))
+    empty = decoding.Hypotheses(np.zeros((count, 0), np.int32), np.zeros(count, np.float32),
+                                np.zeros(count, np.float32))
+    return [empty if found is None else found for found in outputs]
 
 
 # --------------------------------------------------------------------------- attention maps

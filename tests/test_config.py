@@ -125,3 +125,28 @@ def test_kind_presets_read_one_side_and_score_without_bleu():
     assert lm.model.monolingual and not config_lib.get_config("tiny").model.monolingual
     assert config_lib.EvalConfig(test_report="25").test_examples == 25
     assert config_lib.EvalConfig().test_examples == 0
+
+
+def test_config_json_written_before_the_decoding_controls_still_loads():
+    values = config_lib.to_dict(get_config("tiny"))
+    for name in ("nbest", "num_samples", "min_length", "no_repeat_ngram_size"):
+        del values["decode"][name]
+    decode = config_lib.from_dict(values).decode
+    assert (decode.nbest, decode.num_samples, decode.min_length,
+            decode.no_repeat_ngram_size) == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize(("assignments", "message"), [
+    ({"decode.method": "sample", "decode.nbest": "2"}, "decode.nbest=2 needs method 'beam'"),
+    ({"decode.beam_size": "3", "decode.nbest": "4"}, "decode.nbest=4 exceeds decode.beam_size=3"),
+    ({"decode.method": "greedy", "decode.num_samples": "2"},
+     "decode.num_samples=2 needs method 'sample'"),
+    ({"decode.no_repeat_ngram_size": "-2"}, "decode.no_repeat_ngram_size=-2"),
+    ({"decode.nbest": "0"}, "decode.nbest=0 must be positive"),
+])
+def test_decoding_controls_that_do_not_fit_the_method_are_refused(assignments, message):
+    with pytest.raises(ConfigError, match=message):
+        override(get_config("tiny"), assignments)
+    fitting = override(get_config("tiny"), {"decode.method": "beam", "decode.nbest": "4",
+                                            "decode.beam_size": "4"})
+    assert fitting.decode.nbest == 4

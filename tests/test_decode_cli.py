@@ -8,6 +8,7 @@ not translation quality.
 import dataclasses
 import gzip
 import io
+import itertools
 import json
 import os
 import shutil
@@ -71,7 +72,8 @@ def test_help_explains_every_flag():
                             capture_output=True, text=True, timeout=60, check=True)
     for flag in ("--workdir", "--checkpoint", "--ema", "--input", "--input_file",
                  "--output_file", "--reference_file", "--attention_plot",
-                 "--self_attention", *(f"--{name}" for name in decode.SEARCH_FLAGS)):
+                 "--self_attention", "--output_format", "--print_scores",
+                 *(f"--{name}" for name in decode.SEARCH_FLAGS)):
         assert flag in result.stdout
     assert "truncated" in result.stdout
 
@@ -255,3 +257,103 @@ def test_random_unicode_never_crashes_and_keeps_one_line_per_line(restored, gree
     for line, translation in zip(lines, result.translations, strict=True):
         if not restored.tokenizer.encode(line):
             assert translation == ""
+
+
+# --------------------------------------------------------------------------- decoding controls
+
+
+def _groups(lines, count):
+    return [lines[start:start + count] for start in range(0, len(lines), count)]
+
+
+def test_nbest_prints_n_hypotheses_per_input_best_first_with_scores(run_dir, capsys):
+    flags = ("--workdir", run_dir, "--input", "\n".join(SENTENCES), "--method", "beam",
+             "--beam_size", "4")
+    _, best, _ = _decode(capsys, *flags)
+    status, lines, err = _decode(capsys, *flags, "--nbest", "3", "--print_scores")
+    assert status == 0 and "nbest 3" in err and len(lines) == 3 * len(SENTENCES)
+    for group, expected_best in zip(_groups(lines, 3), best, strict=True):
+        fields = [line.split("\t") for line in group]
+        assert all(len(row) == 3 for row in fields)
+        assert fields[0][0] == expected_best  # nbest does not change the search
+        log_probs, scores = ([float(row[column]) for row in fields] for column in (1, 2))
+        assert scores == sorted(scores, reverse=True)
+        assert all(log_p < 0 and score < 0 for log_p, score in zip(log_probs, scores,
+                                                                   strict=True))
+        assert len({row[0] for row in fields}) == 3 or len(set(scores)) == 3
+
+
+def test_jsonl_parses_and_matches_the_plain_output(run_dir, tmp_path, capsys):
+    lines = [*SENTENCES[:2], "", SENTENCES[2]]
+    flags = ("--workdir", run_dir, "--input_file", _write(tmp_path / "in.en", lines),
+             "--nbest", "2")
+    _, plain, _ = _decode(capsys, *flags, "--print_scores")
+    _, jsonl, _ = _decode(capsys, *flags, "--output_format", "jsonl")
+    objects = [json.loads(line) for line in jsonl]
+    assert [entry["source"] for entry in objects] == lines
+    assert all(sorted(entry) == ["hypotheses", "log_probs", "scores", "source"]
+               for entry in objects)
+    for entry, group in zip(objects, _groups(plain, 2), strict=True):
+        assert [line.split("\t")[0] for line in group] == entry["hypotheses"]
+        for line, log_p, score in zip(group, entry["log_probs"], entry["scores"],
+                                      strict=True):
+            assert line.split("\t")[1:] == [f"{log_p:.4f}", f"{score:.4f}"]
+    assert objects[2] == {"source": "", "hypotheses": ["", ""], "log_probs": [0.0, 0.0],
+                          "scores": [0.0, 0.0]}
+    _, best, _ = _decode(capsys, "--workdir", run_dir, "--input_file", str(tmp_path / "in.en"))
+    assert [entry["hypotheses"][0] for entry in objects] == best
+
+
+def test_num_samples_gives_k_reproducible_samples_per_input(run_dir, capsys):
+    flags = ("--workdir", run_dir, "--input", "\n".join(SENTENCES), "--method", "sample",
+             "--num_samples", "3", "--output_format", "jsonl")
+    _, first, err = _decode(capsys, *flags, "--seed", "7")
+    _, again, _ = _decode(capsys, *flags, "--seed", "7")
+    _, other, _ = _decode(capsys, *flags, "--seed", "8")
+    assert "num_samples 3" in err and first == again and first != other
+    objects = [json.loads(line) for line in first]
+    assert [len(entry["hypotheses"]) for entry in objects] == [3] * len(SENTENCES)
+    # An untrained model is close to uniform: three samples of a sentence rarely agree.
+    assert any(len(set(entry["hypotheses"])) > 1 for entry in objects)
+    _, text, _ = _decode(capsys, *flags[:-2], "--seed", "7")
+    assert text == [hypothesis for entry in objects for hypothesis in entry["hypotheses"]]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_min_length_and_no_repeat_ngram_reach_every_search(run_dir, restored, capsys,
+                                                           method):
+    flags = ("--method", method, "--min_length", "6", "--no_repeat_ngram_size", "2")
+    _, lines, err = _decode(capsys, "--workdir", run_dir, "--input", "\n".join(SENTENCES),
+                            *flags)
+    assert "min_length 6, no_repeat_ngram_size 2" in err
+    config = dataclasses.replace(restored.config.decode, method=method, min_length=6,
+                                 no_repeat_ngram_size=2)
+    assert inference.translate_lines(restored, SENTENCES, config).translations == lines
+    # The rows as searched (content_ids would drop control tokens an untrained model emits).
+    tokenizer, max_length = restored.tokenizer, restored.config.model.max_length
+    sources, _ = translate.encode_sources(tokenizer, SENTENCES, max_length)
+    translate_fn = translate.make_translate_fn(restored.model, config, bos_id=tokenizer.bos_id,
+                                               eos_id=tokenizer.eos_id)
+    for found in translate.translate_all(translate_fn, restored.params, sources,
+                                         buckets=(max_length,), tokens_per_batch=4096):
+        row = found.tokens[0][found.tokens[0] != tokenizer.pad_id].tolist()
+        assert tokenizer.eos_id not in row[:6]
+        bigrams = list(itertools.pairwise(row))
+        assert len(row) > 6 and len(bigrams) == len(set(bigrams))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--method", "sample", "--nbest", "3"), "decode.nbest=3 needs method 'beam'"),
+    (("--method", "greedy", "--nbest", "2"), "decode.nbest=2 needs method 'beam'"),
+    (("--nbest", "5"), "decode.nbest=5 exceeds decode.beam_size=4"),
+    (("--method", "beam", "--num_samples", "3"), "decode.num_samples=3 needs method 'sample'"),
+    (("--min_length", "-1"), "decode.min_length=-1 must be zero or positive"),
+    (("--print_scores", "--output_format", "jsonl"), "--print_scores is for"),
+])
+def test_controls_for_another_method_exit_2_before_the_model_loads(
+        run_dir, capsys, monkeypatch, flags, message):
+    def no_restore(*args, **kwargs):
+        raise AssertionError("the model was loaded before the request was checked")
+    monkeypatch.setattr(inference, "restore", no_restore)
+    err = _fails(capsys, "--workdir", run_dir, "--input", "one", *flags)
+    assert message in err and err.count("\n") == 1

@@ -58,9 +58,9 @@ def test_beam_finds_the_best_sequence_greedy_misses():
                        (1, B): {C: 0.9, D: 0.1},
                        **{(2, token): {EOS: 1.0} for token in (A, B, C, D)}})
     common = dict(bos_id=BOS, eos_id=EOS, max_length=5)
-    greedy = _jitted(decoding.greedy_search, *table_model(table, 1), **common)
-    tokens, scores = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=2,
-                             length_penalty=0.0, **common)
+    greedy, _, _ = _jitted(decoding.greedy_search, *table_model(table, 1), **common)
+    tokens, _, scores = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=2,
+                                length_penalty=0.0, **common)
     np.testing.assert_array_equal(greedy[0], [A, A, EOS, PAD, PAD])
     np.testing.assert_array_equal(tokens[0, 0], [B, C, EOS, PAD, PAD])
     np.testing.assert_allclose(scores[0, 0], math.log(0.4 * 0.9), atol=1e-4)
@@ -79,7 +79,7 @@ def test_length_penalty_flips_the_choice_where_the_formula_says(beam_size):
         *table_model(table, 1), beam_size=beam_size, length_penalty=alpha,
         bos_id=BOS, eos_id=EOS, max_length=6))
     for alpha in (0.0, critical - 0.02, critical + 0.02, 3.0):
-        tokens, scores = search(alpha)
+        tokens, _, scores = search(alpha)
         if alpha > critical:
             np.testing.assert_array_equal(tokens[0, 0, :2], [A, EOS])
             np.testing.assert_allclose(scores[0, 0], long / (7 / 6) ** alpha, rtol=1e-5)
@@ -101,12 +101,12 @@ def bigram():
 
 def test_degenerate_sampling_equals_greedy(bigram):
     common = dict(bos_id=jnp.array([A, B, C, D]), eos_id=EOS, max_length=12)
-    greedy = _jitted(decoding.greedy_search, *table_model(bigram, 4), **common)
+    greedy, _, _ = _jitted(decoding.greedy_search, *table_model(bigram, 4), **common)
     assert len(np.unique(np.asarray(greedy))) >= 3
     for options in (dict(top_k=1), dict(top_p=1e-3), dict(temperature=1e-4),
                     dict(top_k=1, temperature=5.0)):
-        sampled = _jitted(decoding.sample, *table_model(bigram, 4), jax.random.key(0),
-                          **options, **common)
+        sampled, _, _ = _jitted(decoding.sample, *table_model(bigram, 4), jax.random.key(0),
+                                **options, **common)
         np.testing.assert_array_equal(sampled, greedy, err_msg=str(options))
 
 
@@ -117,7 +117,7 @@ def test_same_seed_same_samples_other_seed_other_samples(bigram):
         lambda key: decoding.sample(*table_model(bigram, 8), key, **common))
 
     def draw(seed):
-        return draw_with_key(jax.random.key(seed))
+        return draw_with_key(jax.random.key(seed)).tokens
     first = draw(0)
     np.testing.assert_array_equal(first, draw(0))
     assert not np.array_equal(first, draw(1))
@@ -130,8 +130,8 @@ def test_sample_frequencies_follow_the_filtered_distribution(options):
     logits[PAD] = 9.0  # the most likely token, yet never emitted
     table = np.broadcast_to(logits, (1, VOCAB, VOCAB))
     rows = 20000
-    tokens = _jitted(decoding.sample, *table_model(table, rows), jax.random.key(3),
-                     bos_id=A, eos_id=EOS, max_length=1, **options)
+    tokens, _, _ = _jitted(decoding.sample, *table_model(table, rows), jax.random.key(3),
+                           bos_id=A, eos_id=EOS, max_length=1, **options)
     frequencies = np.bincount(np.asarray(tokens)[:, 0], minlength=VOCAB) / rows
     expected = _filtered_probs(logits, **options)
     np.testing.assert_allclose(frequencies, expected, atol=0.015)
@@ -177,8 +177,8 @@ def test_greedy_stops_when_every_row_has_ended_and_pads_after_eos():
                        (0, C): {D: 0.9, EOS: 0.1}, (1, D): {EOS: 0.9, C: 0.1}})
     calls = []
     tokens_to_logits, cache = table_model(table, 3)
-    greedy = _jitted(decoding.greedy_search, _counting(tokens_to_logits, calls), cache,
-                     bos_id=jnp.array([A, B, C]), eos_id=EOS, max_length=20)
+    greedy, _, _ = _jitted(decoding.greedy_search, _counting(tokens_to_logits, calls), cache,
+                           bos_id=jnp.array([A, B, C]), eos_id=EOS, max_length=20)
     assert len(calls) == 2
     np.testing.assert_array_equal(greedy, [[EOS] + [PAD] * 19, [D, EOS] + [PAD] * 18,
                                            [D, EOS] + [PAD] * 18])
@@ -189,9 +189,9 @@ def test_beam_search_stops_once_no_alive_hypothesis_can_win():
                        **{(1, token): {EOS: 0.98, C: 0.02} for token in (A, B)}})
     calls = []
     tokens_to_logits, cache = table_model(table, 3)
-    tokens, _ = _jitted(decoding.beam_search, _counting(tokens_to_logits, calls), cache,
-                        beam_size=2, length_penalty=0.6, bos_id=BOS, eos_id=EOS,
-                        max_length=20)
+    tokens, _, _ = _jitted(decoding.beam_search, _counting(tokens_to_logits, calls), cache,
+                           beam_size=2, length_penalty=0.6, bos_id=BOS, eos_id=EOS,
+                           max_length=20)
     # Two finished after step 2; no alive hypothesis can catch up however long it runs.
     assert len(calls) == 2
     assert {tuple(row[:3]) for row in np.asarray(tokens[0])} == {(A, EOS, PAD), (B, EOS, PAD)}
@@ -202,9 +202,9 @@ def test_beam_size_one_finishes_only_the_top_candidate_like_greedy():
     table = _table(3, {(0, BOS): {A: 0.6, EOS: 0.4}, (1, A): {B: 0.55, C: 0.45},
                        (2, B): {EOS: 1.0}})
     common = dict(bos_id=BOS, eos_id=EOS, max_length=5)
-    greedy = _jitted(decoding.greedy_search, *table_model(table, 1), **common)
-    tokens, _ = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=1,
-                        length_penalty=0.0, **common)
+    greedy, _, _ = _jitted(decoding.greedy_search, *table_model(table, 1), **common)
+    tokens, _, _ = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=1,
+                           length_penalty=0.0, **common)
     np.testing.assert_array_equal(greedy[0], [A, B, EOS, PAD, PAD])
     np.testing.assert_array_equal(tokens[0, 0], greedy[0])
 
@@ -213,16 +213,16 @@ def test_beam_keeps_searching_while_a_longer_hypothesis_can_still_win():
     """Pool full after step 1 with [EOS], but [A, A, A, EOS] scores higher at alpha 3."""
     table = _table(4, {(0, BOS): {EOS: 0.5, A: 0.5}, (1, A): {A: 0.9, EOS: 0.1},
                        (2, A): {A: 0.9, EOS: 0.1}, (3, A): {EOS: 1.0}})
-    tokens, _ = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=1,
-                        length_penalty=3.0, bos_id=BOS, eos_id=EOS, max_length=8)
+    tokens, _, _ = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=1,
+                           length_penalty=3.0, bos_id=BOS, eos_id=EOS, max_length=8)
     np.testing.assert_array_equal(tokens[0, 0, :5], [A, A, A, EOS, PAD])
 
 
 def test_beam_ranks_finished_hypotheses_before_ones_cut_at_max_length():
     table = _table(2, {(0, BOS): {A: 0.85, EOS: 0.1, B: 0.05}, (1, A): {C: 0.99, EOS: 0.01},
                        (1, B): {C: 1.0}})
-    tokens, scores = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=2,
-                             length_penalty=0.0, bos_id=BOS, eos_id=EOS, max_length=2)
+    tokens, _, scores = _jitted(decoding.beam_search, *table_model(table, 1), beam_size=2,
+                                length_penalty=0.0, bos_id=BOS, eos_id=EOS, max_length=2)
     np.testing.assert_array_equal(tokens[0], [[EOS, PAD], [A, C]])
     np.testing.assert_allclose(scores[0], np.log([0.1, 0.85 * 0.99]), atol=1e-4)
 
@@ -258,6 +258,167 @@ def test_search_dispatches_on_the_configs_method():
                    DecodeConfig(method="beam", beam_size=2, length_penalty=0.0), **common)
     sampled = _jitted(decoding.search, *table_model(table, 1),
                       DecodeConfig(method="sample", top_k=1), **common)
-    np.testing.assert_array_equal(greedy[0], [A, A, EOS, PAD, PAD])
-    np.testing.assert_array_equal(beam[0], [B, C, EOS, PAD, PAD])
-    np.testing.assert_array_equal(sampled, greedy)
+    assert greedy.tokens.shape == beam.tokens.shape == sampled.tokens.shape == (1, 1, 5)
+    np.testing.assert_array_equal(greedy.tokens[0, 0], [A, A, EOS, PAD, PAD])
+    np.testing.assert_array_equal(beam.tokens[0, 0], [B, C, EOS, PAD, PAD])
+    np.testing.assert_array_equal(sampled.tokens, greedy.tokens)
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+def _repeated_ngram_reference(tokens, length, n):
+    """Brute force: tokens v whose n-gram ending tokens[:length] + [v] occurs earlier."""
+    written = [int(token) for token in tokens[:length]]
+    banned = set()
+    for token in range(VOCAB):
+        sequence = [*written, token]
+        grams = [tuple(sequence[i:i + n]) for i in range(len(sequence) - n + 1)]
+        if grams and grams[-1] in grams[:-1]:
+            banned.add(token)
+    return banned
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_repeated_ngram_tokens_equal_a_brute_force_reference(n):
+    rng = np.random.RandomState(n)
+    # Few distinct tokens so that n-grams do repeat; the tail past length is garbage.
+    tokens = rng.randint(4, 4 + (2 if n > 2 else 3), size=(200, 10)).astype(np.int32)
+    lengths = rng.randint(0, 11, size=200)
+    banned = jax.jit(jax.vmap(
+        lambda row, length: decoding.repeated_ngram_tokens(row[None], length, n, VOCAB)[0]))(
+        tokens, lengths)
+    hits = 0
+    for row, length, row_banned in zip(tokens, lengths, np.asarray(banned), strict=True):
+        expected = _repeated_ngram_reference(row, length, n)
+        assert set(np.flatnonzero(row_banned)) == expected, (row, length)
+        hits += bool(expected)
+    assert hits > 10  # the reference bans something in many rows: a test with teeth
+
+
+def _ngrams_repeat(row, n):
+    row = [int(token) for token in row if token != PAD]
+    grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def _searches(decode_config_changes):
+    """greedy, beam (nbest 1) and sample of decoding.search on the bigram chain."""
+    methods = {"greedy": {}, "beam": dict(beam_size=3), "sample": dict(seed=1)}
+    return {method: DecodeConfig(method=method, **extra, **decode_config_changes)
+            for method, extra in methods.items()}
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_no_repeat_ngram_size_holds_in_every_search(bigram, method):
+    common = dict(bos_id=jnp.array([A, B, C, D]), eos_id=EOS, max_length=12)
+    unconstrained = _jitted(decoding.search, *table_model(bigram, 4),
+                            _searches({})[method], **common).tokens[:, 0]
+    assert any(_ngrams_repeat(row, 2) for row in np.asarray(unconstrained))
+    for n in (2, 3):
+        found = _jitted(decoding.search, *table_model(bigram, 4),
+                        _searches(dict(no_repeat_ngram_size=n))[method], **common)
+        for row in np.asarray(found.tokens[:, 0]):
+            assert not _ngrams_repeat(row, n), (n, row)
+            assert row[-1] != PAD  # the chain has no EOS: rows still fill every slot
+
+
+@pytest.fixture
+def eos_first():
+    """EOS is the likeliest token everywhere (p 0.7); A, B, C, D share the rest."""
+    table = np.full((1, VOCAB, VOCAB), np.log(0.3 / 4), np.float32)
+    table[..., EOS] = np.log(0.7)
+    table[..., PAD] = table[..., BOS] = np.log(1e-6)
+    return table
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_min_length_forbids_eos_before_it_in_every_search(eos_first, method):
+    common = dict(bos_id=BOS, eos_id=EOS, max_length=8)
+    free = _jitted(decoding.search, *table_model(eos_first, 4), _searches({})[method],
+                   **common)
+    assert np.all(np.asarray(free.tokens[:, 0, 0]) == EOS) or method == "sample"
+    for min_length in (1, 3):
+        found = _jitted(decoding.search, *table_model(eos_first, 4),
+                        _searches(dict(min_length=min_length))[method], **common)
+        tokens = np.asarray(found.tokens[:, 0])
+        assert np.all(tokens[:, :min_length] != EOS), tokens
+        assert np.all(tokens[:, :min_length] != PAD), tokens
+        if method != "sample":
+            assert np.all(tokens[:, min_length] == EOS)  # then EOS wins again
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample"])
+def test_a_row_the_rules_leave_no_token_ends_with_eos_instead_of_emitting_pad(
+        eos_first, method):
+    # n = 1 bans every token once written; min_length 10 bans EOS: after the 6 other
+    # tokens (1, BOS, A, B, C, D) nothing is allowed, so the row ends.
+    config = _searches(dict(min_length=10, no_repeat_ngram_size=1))[method]
+    found = _jitted(decoding.search, *table_model(eos_first, 2), config, bos_id=BOS,
+                    eos_id=EOS, max_length=12)
+    for row in np.asarray(found.tokens[:, 0]):
+        assert sorted(row[:6]) == [1, BOS, A, B, C, D] and row[6] == EOS
+        assert np.all(row[7:] == PAD)
+
+
+def _table_log_prob(table, start, tokens):
+    """log P(tokens | start) read from a table model (pad masked), up to the first EOS."""
+    total, previous = 0.0, start
+    for step, token in enumerate(tokens):
+        if token == PAD:
+            break
+        row = np.array(table[min(step, table.shape[0] - 1), previous], np.float64)
+        row[PAD] = -np.inf
+        total += (row - np.log(np.sum(np.exp(row))))[token]
+        previous = token
+    return total
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_reported_log_probs_and_scores_are_the_models(bigram, method):
+    """log_probs = the table's log P of the tokens, also under constraints; scores =
+    log_probs / GNMT lp(|Y|); beam's nbest come best first."""
+    changes = dict(length_penalty=0.6, no_repeat_ngram_size=2, min_length=2)
+    changes.update(nbest=3 if method == "beam" else 1,
+                   num_samples=3 if method == "sample" else 1)
+    table = bigram.copy()
+    table[..., EOS] = -1.0  # EOS possible, so that lengths differ
+    starts = [A, B, C, D]
+    found = _jitted(decoding.search, *table_model(table, 4),
+                    _searches(changes)[method], bos_id=jnp.array(starts), eos_id=EOS,
+                    max_length=10)
+    count = 1 if method == "greedy" else 3
+    assert found.tokens.shape == (4, count, 10) and found.scores.shape == (4, count)
+    lengths = np.sum(np.asarray(found.tokens) != PAD, axis=-1)
+    for row, start in enumerate(starts):
+        for index in range(count):
+            expected = _table_log_prob(table, start, np.asarray(found.tokens[row, index]))
+            np.testing.assert_allclose(found.log_probs[row, index], expected,
+                                       rtol=1e-5, atol=1e-5 * abs(expected))
+    np.testing.assert_allclose(found.scores,
+                               found.log_probs / ((5 + lengths) / 6) ** 0.6, rtol=1e-6)
+    if method == "beam":
+        assert np.all(np.diff(np.asarray(found.scores), axis=1) <= 0)
+        whole = _jitted(decoding.beam_search, *table_model(table, 4), beam_size=3,
+                        length_penalty=0.6, bos_id=jnp.array(starts), eos_id=EOS,
+                        max_length=10, constraints=decoding.Constraints(2, 2))
+        np.testing.assert_array_equal(found.tokens, whole.tokens)
+
+
+def test_num_samples_draws_independent_reproducible_samples_per_input(bigram):
+    config = DecodeConfig(method="sample", num_samples=5, seed=3)
+    common = dict(bos_id=jnp.array([A, B]), eos_id=EOS, max_length=12)
+    first = _jitted(decoding.search, *table_model(bigram, 2), config, **common)
+    again = _jitted(decoding.search, *table_model(bigram, 2), config, **common)
+    other = _jitted(decoding.search, *table_model(bigram, 2),
+                    DecodeConfig(method="sample", num_samples=5, seed=4), **common)
+    assert first.tokens.shape == (2, 5, 12)
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    assert not np.array_equal(first.tokens, other.tokens)
+    for row, start in zip(np.asarray(first.tokens), (A, B), strict=True):
+        assert len({tuple(sample) for sample in row}) > 1
+        # Each sample continues its own input: the chain's first step from that start.
+        assert all(bigram[0, start, sample[0]] > -30 for sample in row)
+    one = _jitted(decoding.search, *table_model(bigram, 2),
+                  DecodeConfig(method="sample", seed=3), **common)
+    assert one.tokens.shape == (2, 1, 12)

@@ -1,6 +1,7 @@
 """Tests of translate.py: the searches over a real Transformer / DecoderOnly, batching."""
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def _greedy_config(**changes):
 def greedy_outputs(seq2seq):
     model, params, sources = seq2seq
     return translate.make_translate_fn(model, _greedy_config(), bos_id=BOS, eos_id=EOS)(
-        params, sources)
+        params, sources).tokens[:, 0]
 
 
 def _jitted(function, *args, **kwargs):
@@ -118,7 +119,7 @@ def test_beam_scores_are_teacher_forced_log_probs_over_length_penalty(seq2seq):
         return decoding.beam_search(tokens_to_logits, cache, beam_size=beams,
                                     length_penalty=alpha, bos_id=BOS, eos_id=EOS,
                                     max_length=max_length)
-    tokens, scores = search(params, sources)
+    tokens, reported_log_probs, scores = search(params, sources)
     flat = np.asarray(tokens).reshape(4 * beams, max_length)
     target_input = np.concatenate([np.full((4 * beams, 1), BOS), flat[:, :-1]], axis=1)
     logits = jax.jit(model.apply)({"params": params}, np.repeat(sources, beams, 0),
@@ -128,9 +129,51 @@ def test_beam_scores_are_teacher_forced_log_probs_over_length_penalty(seq2seq):
     lengths = np.array([_length(row) for row in flat])
     totals = np.where(np.arange(max_length) < lengths[:, None], picked, 0).sum(-1)
     expected = totals / ((5 + lengths) / 6) ** alpha
+    np.testing.assert_allclose(np.asarray(reported_log_probs).reshape(-1), totals, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(scores).reshape(-1), expected, rtol=1e-4)
     for row in np.asarray(tokens):
         assert len({tuple(hypothesis) for hypothesis in row}) == beams
+
+
+def _teacher_forced_log_probs(model, params, sources, tokens):
+    """log P(tokens | source) [B, N] by one full forward pass (pad masked, up to EOS)."""
+    batch, count, length = tokens.shape
+    flat = np.asarray(tokens).reshape(batch * count, length)
+    target_input = np.concatenate([np.full((batch * count, 1), BOS), flat[:, :-1]], axis=1)
+    logits = jax.jit(model.apply)({"params": params}, np.repeat(sources, count, 0),
+                                  target_input)
+    log_probs = np.asarray(jax.nn.log_softmax(logits.at[..., PAD].set(-jnp.inf)))
+    picked = np.take_along_axis(log_probs, flat[..., None], -1)[..., 0]
+    return np.where(flat != PAD, picked, 0).sum(-1).reshape(batch, count)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_reported_log_probs_match_rescoring_by_a_teacher_forced_pass(seq2seq, method):
+    """nbest / num_samples hypotheses under min_length and no_repeat_ngram_size: the
+    reported log P is the model's (constraints and filters do not renormalise it)."""
+    model, params, sources = seq2seq
+    config = DecodeConfig(method=method, max_extra_length=6, min_length=3,
+                          no_repeat_ngram_size=2, beam_size=4, temperature=1.5, top_k=8,
+                          nbest=3 if method == "beam" else 1,
+                          num_samples=4 if method == "sample" else 1)
+    found = translate.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS)(
+        params, sources)
+    tokens = np.asarray(found.tokens)
+    assert tokens.shape[:2] == (4, {"greedy": 1, "beam": 3, "sample": 4}[method])
+    expected = _teacher_forced_log_probs(model, params, sources, tokens)
+    # float32 sums of ~12 log-probs of a few nats each: relative to their magnitude.
+    np.testing.assert_allclose(found.log_probs, expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+    lengths = np.sum(tokens != PAD, axis=-1)
+    np.testing.assert_allclose(found.scores, expected / ((5 + lengths) / 6) ** 0.6,
+                               rtol=1e-4)
+    for row in tokens.reshape(-1, tokens.shape[-1]):
+        content = [int(token) for token in row[:_length(row)]]
+        assert EOS not in content[:3]
+        bigrams = list(itertools.pairwise(content))
+        assert len(bigrams) == len(set(bigrams))
+    if method == "beam":
+        assert np.all(np.diff(np.asarray(found.scores), axis=1) <= 0)
 
 
 def test_beam_size_one_without_penalty_equals_greedy(seq2seq, greedy_outputs):
@@ -138,7 +181,7 @@ def test_beam_size_one_without_penalty_equals_greedy(seq2seq, greedy_outputs):
     config = DecodeConfig(method="beam", beam_size=1, length_penalty=0.0,
                           max_extra_length=8)
     beam = translate.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS)(params, sources)
-    np.testing.assert_array_equal(beam, greedy_outputs)
+    np.testing.assert_array_equal(beam.tokens[:, 0], greedy_outputs)
 
 
 # --------------------------------------------------------------------------- files
@@ -155,12 +198,14 @@ def test_file_of_many_lengths_compiles_once_per_bucket_and_keeps_input_order(seq
     outputs = translate.translate_all(translate_fn, params, sequences, buckets=(8, 16),
                                       tokens_per_batch=64)
     assert translate_fn._cache_size() == 2
-    assert len(outputs[5]) == 0 and sum(np.sum(row != PAD) for row in outputs) > 80
+    assert outputs[5].tokens.shape == (1, 0)
+    assert sum(np.sum(found.tokens != PAD) for found in outputs) > 80
     # Input order is kept whatever batches the sentences land in, with no new compile.
     reversed_outputs = translate.translate_all(translate_fn, params, sequences[::-1],
                                                buckets=(8, 16), tokens_per_batch=64)
-    for row, expected in zip(reversed_outputs, outputs[::-1], strict=True):
-        np.testing.assert_array_equal(row, expected)
+    for found, expected in zip(reversed_outputs, outputs[::-1], strict=True):
+        for leaf, expected_leaf in zip(found, expected, strict=True):
+            np.testing.assert_array_equal(leaf, expected_leaf)
     assert translate_fn._cache_size() == 2
 
 
@@ -197,6 +242,7 @@ def test_continuation_equals_step_by_step_argmax_of_full_forward(language_model)
     new_tokens = 7
     continuation = translate.make_continue_fn(model, _greedy_config(), eos_id=EOS,
                                               max_new_tokens=new_tokens)(params, prompts)
+    continuation = continuation.tokens[:, 0]
     assert continuation.shape == (3, new_tokens)
     forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
     lengths = (prompts != PAD).sum(1)
@@ -239,7 +285,7 @@ def test_continuation_with_beam_one_agrees_with_greedy(language_model):
     beam = translate.make_continue_fn(
         model, DecodeConfig(method="beam", beam_size=1, length_penalty=0.0),
         **common)(params, prompts)
-    np.testing.assert_array_equal(beam, greedy)
+    np.testing.assert_array_equal(beam.tokens, greedy.tokens)
 
 
 # --------------------------------------------------------------------------- attention maps
