@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loop.main(config, workdir, fresh=args.fresh)
     except loop.USER_ERRORS as error:
-        cli.exit_within(10)  # a failed save can leave Orbax threads waiting forever
+        if argv is None:  # a process of its own (tests call main(argv) in theirs)
+            cli.exit_within(10)  # a failed save can leave Orbax threads waiting forever
         cli.fail(str(error))
     return 0
 
