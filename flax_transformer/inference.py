@@ -308,6 +308,13 @@ def _kind_task(kind: str, decode_config: config_lib.DecodeConfig, method: str) -
     return method
 
 
+def _single(outputs: list[str], sources: list[list[int]], ids: list[list[int]],
+            truncated: int) -> Translations:
+    """Translations of one unscored output per input (the kinds that search no n-best)."""
+    return Translations(outputs, sources, ids, truncated, hypotheses=[[o] for o in outputs],
+                        log_probs=[[0.0] for _ in outputs], scores=[[0.0] for _ in outputs])
+
+
 def decode_other_kind(restored: Restored, lines: Sequence[str],
                       decode_config: config_lib.DecodeConfig, progress: bool,
                       stderr: IO) -> tuple[Translations, list[str]]:
@@ -324,8 +331,8 @@ def decode_other_kind(restored: Restored, lines: Sequence[str],
         if restored.config.model.kind == "decoder_only":
             done = language_model.continue_lines(model, params, tokenizer, lines,
                                                  decode_config, max_length, bar.update)
-            result = Translations(done.outputs, done.prompts, done.continuations,
-                                  done.truncated)
+            result = _single(done.outputs, done.prompts, done.continuations,
+                             done.truncated)
             return result, _warn(result, stderr, max_length - 1, "prompt")
         done = fill_mask.fill_lines(model, params, tokenizer, lines, max_length=max_length,
                                     tokens_per_batch=decode_config.tokens_per_batch,
@@ -334,7 +341,7 @@ def decode_other_kind(restored: Restored, lines: Sequence[str],
         print(f"warning: {done.without_mask} line(s) hold no {data.MASK_PIECE} and are "
               "written unchanged.", file=stderr)
     fills = [[found[0][0] for found in per_mask] for per_mask in done.candidates]
-    result = Translations(done.outputs, done.sources, fills, done.truncated)
+    result = _single(done.outputs, done.sources, fills, done.truncated)
     _warn(result, stderr, max_length, "line")
     written = fill_mask.format_candidates(done, tokenizer) if decode_config.top_k else None
     return result, written or result.translations
