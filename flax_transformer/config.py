@@ -339,8 +339,15 @@ def _tiny() -> Config:
 
 
 def _default() -> Config:
-    """What ``python train.py`` runs: tiny on the built-in number_words task."""
-    return dataclasses.replace(_tiny(), name="default")
+    """What ``python train.py`` runs: tiny on the built-in number_words task, 1,000 steps.
+
+    500 steps (tiny's) leave the 6-digit class at 96–99 % exact match; 1,000 reach at least
+    99.7 % in every digit class in about 2 min 10 s on two quiet CPU cores (README).
+    """
+    tiny = _tiny()
+    train = dataclasses.replace(tiny.train, num_steps=1000, eval_every=500,
+                                checkpoint_every=500)
+    return dataclasses.replace(tiny, name="default", train=train)
 
 
 def _multi30k() -> Config:
