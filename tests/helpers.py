@@ -60,3 +60,24 @@ def train_kind_run(corpus: str, workdir: str, kind: str, steps: int = 2) -> str:
         tokenizer_sentences=1000, tokens_per_batch=640, max_length=16, bucket_lengths=(16,))
     loop.train_and_evaluate(dataclasses.replace(config, data=data).validate(), workdir)
     return workdir
+
+
+def run_decode(capsys, *argv):
+    """(exit status, stdout lines, stderr) of decode.main(argv)."""
+    import decode  # the script at the repository root
+
+    status = decode.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out.split("\n")[:-1], captured.err
+
+
+def decode_fails(capsys, *argv) -> str:
+    """decode.main(argv) must exit with status 2; returns its stderr."""
+    import pytest
+
+    import decode
+
+    with pytest.raises(SystemExit) as exited:
+        decode.main(list(argv))
+    assert exited.value.code == 2
+    return capsys.readouterr().err

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import decode
 from flax_transformer import inference, loop, translate
 from flax_transformer.data import number_words
+from tests.helpers import decode_fails, run_decode
 from tests.test_loop import _config, _write_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,20 +49,6 @@ def greedy(restored):
     return dataclasses.replace(restored.config.decode, method="greedy")
 
 
-def _decode(capsys, *argv):
-    """(exit status, stdout lines, stderr) of decode.main(argv)."""
-    status = decode.main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out.split("\n")[:-1], captured.err
-
-
-def _fails(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        decode.main(list(argv))
-    assert exited.value.code == 2
-    return capsys.readouterr().err
-
-
 def _write(path, lines):
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return str(path)
@@ -81,21 +68,21 @@ def test_help_explains_every_flag():
 def test_input_flag_file_and_stdin_agree(run_dir, tmp_path, capsys, monkeypatch):
     flags = ("--workdir", run_dir, "--method", "greedy")
     repeated = [arg for sentence in SENTENCES for arg in ("--input", sentence)]
-    status, from_flags, err = _decode(capsys, *flags, *repeated)
+    status, from_flags, err = run_decode(capsys, *flags, *repeated)
     assert status == 0 and len(from_flags) == len(SENTENCES)
     assert "restored checkpoints/1" in err
-    _, from_one_string, _ = _decode(capsys, *flags, "--input", "\n".join(SENTENCES))
+    _, from_one_string, _ = run_decode(capsys, *flags, "--input", "\n".join(SENTENCES))
     source = _write(tmp_path / "in.en", SENTENCES)
-    _, from_file, _ = _decode(capsys, *flags, "--input_file", source)
+    _, from_file, _ = run_decode(capsys, *flags, "--input_file", source)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
         "\r\n".join(SENTENCES).encode("utf-8"))))
-    _, from_stdin, _ = _decode(capsys, *flags)
+    _, from_stdin, _ = run_decode(capsys, *flags)
     output = tmp_path / "out.de"
-    _, nothing, _ = _decode(capsys, *flags, "--input_file", source, "--output_file",
+    _, nothing, _ = run_decode(capsys, *flags, "--input_file", source, "--output_file",
                             str(output))
     gzipped = tmp_path / "in.en.gz"
     gzipped.write_bytes(gzip.compress(("\n".join(SENTENCES) + "\n").encode("utf-8")))
-    _, from_gzip, _ = _decode(capsys, *flags, "--input_file", str(gzipped))
+    _, from_gzip, _ = run_decode(capsys, *flags, "--input_file", str(gzipped))
     assert from_one_string == from_file == from_stdin == from_gzip == from_flags
     assert nothing == [] and output.read_text("utf-8").split("\n")[:-1] == from_flags
 
@@ -104,7 +91,7 @@ def test_file_of_mixed_lengths_keeps_order_and_echoes_empty_lines(run_dir, resto
                                                                   greedy, tmp_path, capsys):
     lines = ["nine hundred ninety-nine thousand nine hundred ninety-nine", "", "one",
              "twelve thousand", "   ", "seven hundred three", "two"]
-    _, outputs, _ = _decode(capsys, "--workdir", run_dir, "--method", "greedy",
+    _, outputs, _ = run_decode(capsys, "--workdir", run_dir, "--method", "greedy",
                             "--input_file", _write(tmp_path / "mixed.en", lines))
     one_by_one = [inference.translate_lines(restored, [line], greedy).translations[0]
                   for line in lines]
@@ -117,7 +104,7 @@ def test_file_of_mixed_lengths_keeps_order_and_echoes_empty_lines(run_dir, resto
 
 def test_reference_file_prints_bleu_with_signature_and_chrf(run_dir, tmp_path, capsys):
     references = [number_words.german(n) for n in (7, 421, 30, 703)]
-    _, hypotheses, err = _decode(capsys, "--workdir", run_dir, "--method", "greedy",
+    _, hypotheses, err = run_decode(capsys, "--workdir", run_dir, "--method", "greedy",
                                  "--input_file", _write(tmp_path / "s.en", SENTENCES),
                                  "--reference_file", _write(tmp_path / "r.de", references))
     expected_bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
@@ -132,12 +119,12 @@ def test_reference_file_prints_bleu_with_signature_and_chrf(run_dir, tmp_path, c
 
 def test_beam_and_sampling_flags_reach_the_search(run_dir, capsys):
     flags = ("--workdir", run_dir, "--input", "\n".join(SENTENCES))
-    _, greedy, _ = _decode(capsys, *flags, "--method", "greedy")
+    _, greedy, _ = run_decode(capsys, *flags, "--method", "greedy")
     # Identities of the searches (decoding.py): they hold only if the flags arrive.
-    _, beam_one, err = _decode(capsys, *flags, "--method", "beam", "--beam_size", "1",
+    _, beam_one, err = run_decode(capsys, *flags, "--method", "beam", "--beam_size", "1",
                                "--length_penalty", "0")
     assert "beam (beam 1, alpha 0.0)" in err
-    _, top_one, err = _decode(capsys, *flags, "--method", "sample", "--top_k", "1",
+    _, top_one, err = run_decode(capsys, *flags, "--method", "sample", "--top_k", "1",
                               "--seed", "5")
     assert "top-k 1" in err and "seed 5" in err
     assert beam_one == greedy == top_one and len(greedy) == len(SENTENCES)
@@ -170,7 +157,7 @@ def test_attention_plot_draws_the_attention_weights(run_dir, restored, tmp_path,
 
 def test_overlong_line_is_truncated_with_a_warning(run_dir, restored, capsys):
     long_line = " ".join(["seven hundred"] * 30)
-    _, outputs, err = _decode(capsys, "--workdir", run_dir, "--method", "greedy",
+    _, outputs, err = run_decode(capsys, "--workdir", run_dir, "--method", "greedy",
                               "--input", long_line, "--input", "one")
     max_length = restored.config.model.max_length
     assert f"warning: 1 line(s) longer than model.max_length={max_length}" in err
@@ -183,7 +170,7 @@ def test_overlong_line_is_truncated_with_a_warning(run_dir, restored, capsys):
 
 
 def test_only_unknown_characters_decode_with_the_runs_beam_search(run_dir, capsys):
-    status, outputs, err = _decode(capsys, "--workdir", run_dir, "--input", "漢字 😀 ∮",
+    status, outputs, err = run_decode(capsys, "--workdir", run_dir, "--input", "漢字 😀 ∮",
                                    "--input", "Ωμέγα")
     assert status == 0 and len(outputs) == 2
     assert "beam (beam 4, alpha 0.6)" in err  # the run's config.decode, no flags given
@@ -200,16 +187,16 @@ def _copy_run(run_dir, tmp_path, with_checkpoints):
 
 
 def test_bad_workdirs_exit_2_with_a_message(run_dir, tmp_path, capsys):
-    err = _fails(capsys, "--workdir", str(tmp_path / "nowhere"), "--input", "one")
+    err = decode_fails(capsys, "--workdir", str(tmp_path / "nowhere"), "--input", "one")
     assert "does not exist" in err
-    err = _fails(capsys, "--workdir", str(tmp_path), "--input", "one")
+    err = decode_fails(capsys, "--workdir", str(tmp_path), "--input", "one")
     assert "config.json not found" in err
     copy = _copy_run(run_dir, tmp_path, with_checkpoints=False)
-    err = _fails(capsys, "--workdir", str(copy), "--input", "one")
+    err = decode_fails(capsys, "--workdir", str(copy), "--input", "one")
     assert "no checkpoints/" in err and "train first" in err
-    err = _fails(capsys, "--workdir", run_dir, "--checkpoint", "averaged", "--input", "one")
+    err = decode_fails(capsys, "--workdir", run_dir, "--checkpoint", "averaged", "--input", "one")
     assert "no averaged/" in err
-    err = _fails(capsys, "--workdir", run_dir, "--checkpoint", "7", "--input", "one")
+    err = decode_fails(capsys, "--workdir", run_dir, "--checkpoint", "7", "--input", "one")
     assert "checkpoint 7" in err
 
 
@@ -218,30 +205,30 @@ def test_checkpoint_of_another_config_or_tokenizer_exit_2(run_dir, tmp_path, cap
     config = json.loads((copy / "config.json").read_text())
     config["model"]["d_ff"] *= 2
     (copy / "config.json").write_text(json.dumps(config))
-    err = _fails(capsys, "--workdir", str(copy), "--input", "one")
+    err = decode_fails(capsys, "--workdir", str(copy), "--input", "one")
     assert "does not fit the model of the config" in err
     config["model"]["d_ff"] //= 2
     config["model"]["vocab_size"] = config["data"]["vocab_size"] = 8
     (copy / "config.json").write_text(json.dumps(config))
-    err = _fails(capsys, "--workdir", str(copy), "--input", "one")
+    err = decode_fails(capsys, "--workdir", str(copy), "--input", "one")
     assert "the tokenizer belongs to another run" in err
 
 
 def test_bad_input_files_exit_2_naming_the_problem(run_dir, tmp_path, capsys):
     source = _write(tmp_path / "s.en", SENTENCES)
-    err = _fails(capsys, "--workdir", run_dir, "--input_file", source,
+    err = decode_fails(capsys, "--workdir", run_dir, "--input_file", source,
                  "--reference_file", _write(tmp_path / "r.de", ["sieben"]))
     assert "the input has 4 lines but" in err and "has 1" in err
     latin1 = tmp_path / "latin1.en"
     latin1.write_bytes("one\nzwei Brücken\n".encode("latin-1"))
-    err = _fails(capsys, "--workdir", run_dir, "--input_file", str(latin1))
+    err = decode_fails(capsys, "--workdir", run_dir, "--input_file", str(latin1))
     assert "line 2 is not UTF-8" in err
-    err = _fails(capsys, "--workdir", run_dir, "--input_file", str(tmp_path / "missing"))
+    err = decode_fails(capsys, "--workdir", run_dir, "--input_file", str(tmp_path / "missing"))
     assert "cannot read" in err
     not_gzip = _write(tmp_path / "plain.en.gz", SENTENCES)
-    err = _fails(capsys, "--workdir", run_dir, "--input_file", not_gzip)
+    err = decode_fails(capsys, "--workdir", run_dir, "--input_file", not_gzip)
     assert "cannot read" in err and "plain.en.gz" in err
-    err = _fails(capsys, "--workdir", run_dir, "--input", "one", "--top_p", "1.5")
+    err = decode_fails(capsys, "--workdir", run_dir, "--input", "one", "--top_p", "1.5")
     assert "decode.top_p=1.5" in err
 
 
@@ -269,8 +256,8 @@ def _groups(lines, count):
 def test_nbest_prints_n_hypotheses_per_input_best_first_with_scores(run_dir, capsys):
     flags = ("--workdir", run_dir, "--input", "\n".join(SENTENCES), "--method", "beam",
              "--beam_size", "4")
-    _, best, _ = _decode(capsys, *flags)
-    status, lines, err = _decode(capsys, *flags, "--nbest", "3", "--print_scores")
+    _, best, _ = run_decode(capsys, *flags)
+    status, lines, err = run_decode(capsys, *flags, "--nbest", "3", "--print_scores")
     assert status == 0 and "nbest 3" in err and len(lines) == 3 * len(SENTENCES)
     for group, expected_best in zip(_groups(lines, 3), best, strict=True):
         fields = [line.split("\t") for line in group]
@@ -287,8 +274,8 @@ def test_jsonl_parses_and_matches_the_plain_output(run_dir, tmp_path, capsys):
     lines = [*SENTENCES[:2], "", SENTENCES[2]]
     flags = ("--workdir", run_dir, "--input_file", _write(tmp_path / "in.en", lines),
              "--nbest", "2")
-    _, plain, _ = _decode(capsys, *flags, "--print_scores")
-    _, jsonl, _ = _decode(capsys, *flags, "--output_format", "jsonl")
+    _, plain, _ = run_decode(capsys, *flags, "--print_scores")
+    _, jsonl, _ = run_decode(capsys, *flags, "--output_format", "jsonl")
     objects = [json.loads(line) for line in jsonl]
     assert [entry["source"] for entry in objects] == lines
     assert all(sorted(entry) == ["hypotheses", "log_probs", "scores", "source"]
@@ -300,22 +287,22 @@ def test_jsonl_parses_and_matches_the_plain_output(run_dir, tmp_path, capsys):
             assert line.split("\t")[1:] == [f"{log_p:.4f}", f"{score:.4f}"]
     assert objects[2] == {"source": "", "hypotheses": ["", ""], "log_probs": [0.0, 0.0],
                           "scores": [0.0, 0.0]}
-    _, best, _ = _decode(capsys, "--workdir", run_dir, "--input_file", str(tmp_path / "in.en"))
+    _, best, _ = run_decode(capsys, "--workdir", run_dir, "--input_file", str(tmp_path / "in.en"))
     assert [entry["hypotheses"][0] for entry in objects] == best
 
 
 def test_num_samples_gives_k_reproducible_samples_per_input(run_dir, capsys):
     flags = ("--workdir", run_dir, "--input", "\n".join(SENTENCES), "--method", "sample",
              "--num_samples", "3", "--output_format", "jsonl")
-    _, first, err = _decode(capsys, *flags, "--seed", "7")
-    _, again, _ = _decode(capsys, *flags, "--seed", "7")
-    _, other, _ = _decode(capsys, *flags, "--seed", "8")
+    _, first, err = run_decode(capsys, *flags, "--seed", "7")
+    _, again, _ = run_decode(capsys, *flags, "--seed", "7")
+    _, other, _ = run_decode(capsys, *flags, "--seed", "8")
     assert "num_samples 3" in err and first == again and first != other
     objects = [json.loads(line) for line in first]
     assert [len(entry["hypotheses"]) for entry in objects] == [3] * len(SENTENCES)
     # An untrained model is close to uniform: three samples of a sentence rarely agree.
     assert any(len(set(entry["hypotheses"])) > 1 for entry in objects)
-    _, text, _ = _decode(capsys, *flags[:-2], "--seed", "7")
+    _, text, _ = run_decode(capsys, *flags[:-2], "--seed", "7")
     assert text == [hypothesis for entry in objects for hypothesis in entry["hypotheses"]]
 
 
@@ -323,7 +310,7 @@ def test_num_samples_gives_k_reproducible_samples_per_input(run_dir, capsys):
 def test_min_length_and_no_repeat_ngram_reach_every_search(run_dir, restored, capsys,
                                                            method):
     flags = ("--method", method, "--min_length", "6", "--no_repeat_ngram_size", "2")
-    _, lines, err = _decode(capsys, "--workdir", run_dir, "--input", "\n".join(SENTENCES),
+    _, lines, err = run_decode(capsys, "--workdir", run_dir, "--input", "\n".join(SENTENCES),
                             *flags)
     assert "min_length 6, no_repeat_ngram_size 2" in err
     config = dataclasses.replace(restored.config.decode, method=method, min_length=6,
@@ -355,5 +342,5 @@ def test_controls_for_another_method_exit_2_before_the_model_loads(
     def no_restore(*args, **kwargs):
         raise AssertionError("the model was loaded before the request was checked")
     monkeypatch.setattr(inference, "restore", no_restore)
-    err = _fails(capsys, "--workdir", run_dir, "--input", "one", *flags)
+    err = decode_fails(capsys, "--workdir", run_dir, "--input", "one", *flags)
     assert message in err and err.count("\n") == 1

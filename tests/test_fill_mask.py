@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import decode
 from flax_transformer import fill_mask, inference
 from flax_transformer.data import MASK_ID, MASK_PIECE
-from tests.helpers import train_kind_run
+from tests.helpers import decode_fails, run_decode, train_kind_run
 from tests.test_loop import _write_corpus
 
 LINES = ["drei<mask>zwanzig", "sieben", "<mask>hundert<mask>", ""]
@@ -30,19 +29,6 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def restored(run_dir):
     return inference.restore(run_dir)
-
-
-def _decode(capsys, *argv):
-    status = decode.main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out.split("\n")[:-1], captured.err
-
-
-def _fails(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        decode.main(list(argv))
-    assert exited.value.code == 2
-    return capsys.readouterr().err
 
 
 def _expected_fill(restored, line):
@@ -100,14 +86,14 @@ def test_top_k_lists_candidates_best_first_with_probabilities(restored):
 
 
 def test_decode_fills_masks_from_the_command_line(run_dir, restored, tmp_path, capsys):
-    status, outputs, err = _decode(capsys, "--workdir", run_dir, "--input", "\n".join(LINES))
+    status, outputs, err = run_decode(capsys, "--workdir", run_dir, "--input", "\n".join(LINES))
     assert status == 0 and "filling <mask> (likeliest piece)" in err
     assert "warning: 1 line(s) hold no <mask> and are written unchanged." in err
     expected = fill_mask.fill_lines(restored.model, restored.params, restored.tokenizer,
                                     LINES, max_length=restored.config.model.max_length,
                                     tokens_per_batch=4096).outputs
     assert outputs == expected
-    _, listed, err = _decode(capsys, "--workdir", run_dir, "--input", LINES[0], "--top_k", "2")
+    _, listed, err = run_decode(capsys, "--workdir", run_dir, "--input", LINES[0], "--top_k", "2")
     assert "top 2 listed" in err
     assert listed[0] == expected[0] and listed[1].startswith("  <mask> 1: ")
     assert listed[1].count(" | ") == 1 and len(listed) == 2
@@ -115,19 +101,19 @@ def test_decode_fills_masks_from_the_command_line(run_dir, restored, tmp_path, c
     references.write_text("dreiundzwanzig\nsieben\nzweihunderteins\n\n", encoding="utf-8")
     source = tmp_path / "s.txt"
     source.write_text("\n".join(LINES) + "\n", encoding="utf-8")
-    _, _, err = _decode(capsys, "--workdir", run_dir, "--input_file", str(source),
+    _, _, err = run_decode(capsys, "--workdir", run_dir, "--input_file", str(source),
                         "--reference_file", str(references))
     assert "exact match = " in err and "of 4 lines" in err
 
 
 def test_requests_for_other_kinds_exit_2(run_dir, capsys):
-    err = _fails(capsys, "--workdir", run_dir, "--input", "drei", "--input", "")
+    err = decode_fails(capsys, "--workdir", run_dir, "--input", "drei", "--input", "")
     assert "no input line holds <mask>" in err
     for flag, value in (("--method", "beam"), ("--beam_size", "2"), ("--temperature", "0.5"),
                         ("--max_extra_length", "3")):
-        err = _fails(capsys, "--workdir", run_dir, "--input", LINES[0], flag, value)
+        err = decode_fails(capsys, "--workdir", run_dir, "--input", LINES[0], flag, value)
         assert f"{flag} controls a search, but this encoder_only run fills" in err
-    err = _fails(capsys, "--workdir", run_dir, "--input", LINES[0], "--attention_plot",
+    err = decode_fails(capsys, "--workdir", run_dir, "--input", LINES[0], "--attention_plot",
                  "a.png")
     assert "cross-attention, which this encoder_only run does not have" in err
 
@@ -137,7 +123,7 @@ def test_refusals_come_before_the_checkpoint_is_read(run_dir, tmp_path, capsys):
     copy.mkdir()
     for name in ("config.json", "tokenizer.model"):
         shutil.copy(os.path.join(run_dir, name), copy / name)
-    err = _fails(capsys, "--workdir", str(copy), "--input", LINES[0], "--beam_size", "2")
+    err = decode_fails(capsys, "--workdir", str(copy), "--input", LINES[0], "--beam_size", "2")
     assert "--beam_size controls a search" in err and "checkpoints" not in err
-    err = _fails(capsys, "--workdir", str(copy), "--input", "sieben")
+    err = decode_fails(capsys, "--workdir", str(copy), "--input", "sieben")
     assert "no input line holds <mask>" in err

@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import decode
 from flax_transformer import continuations, inference, language_model, training
 from flax_transformer.config import DecodeConfig
 from flax_transformer.model import DecoderOnly
-from tests.helpers import train_kind_run
+from tests.helpers import decode_fails, run_decode, train_kind_run
 from tests.test_loop import _write_corpus
 
 PROMPTS = ["drei", "siebenhundert", "zwei", "neunzehntausend"]
@@ -32,20 +31,6 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def restored(run_dir):
     return inference.restore(run_dir)
-
-
-def _decode(capsys, *argv):
-    """(exit status, stdout lines, stderr) of decode.main(argv)."""
-    status = decode.main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out.split("\n")[:-1], captured.err
-
-
-def _fails(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        decode.main(list(argv))
-    assert exited.value.code == 2
-    return capsys.readouterr().err
 
 
 def _uncached_greedy(model, params, prompt, steps, eos_id, pad_id):
@@ -104,31 +89,31 @@ def test_long_prompts_are_cut_to_leave_one_position(restored):
 def test_prompts_from_flags_file_and_stdin_agree_and_greedy_repeats(run_dir, tmp_path,
                                                                      capsys, monkeypatch):
     flags = ("--workdir", run_dir, "--method", "greedy")
-    status, from_flags, err = _decode(capsys, *flags,
+    status, from_flags, err = run_decode(capsys, *flags,
                                       *[arg for p in PROMPTS for arg in ("--input", p)])
     assert status == 0 and "continuing prompts, greedy" in err
     assert [line[:len(p)] for line, p in zip(from_flags, PROMPTS, strict=True)] == PROMPTS
     path = tmp_path / "prompts.txt"
     path.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
-    _, from_file, _ = _decode(capsys, *flags, "--input_file", str(path))
+    _, from_file, _ = run_decode(capsys, *flags, "--input_file", str(path))
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
         "\n".join(PROMPTS).encode("utf-8"))))
-    _, from_stdin, _ = _decode(capsys, *flags)
+    _, from_stdin, _ = run_decode(capsys, *flags)
     assert from_flags == from_file == from_stdin
 
 
 def test_beam_and_sampling_continue_prompts(run_dir, capsys):
     flags = ("--workdir", run_dir, "--input", "\n".join(PROMPTS))
-    _, greedy, _ = _decode(capsys, *flags, "--method", "greedy")
+    _, greedy, _ = run_decode(capsys, *flags, "--method", "greedy")
     # Identities of the searches: they hold only if the flags reach the continuation.
-    _, beam_one, _ = _decode(capsys, *flags, "--method", "beam", "--beam_size", "1",
+    _, beam_one, _ = run_decode(capsys, *flags, "--method", "beam", "--beam_size", "1",
                              "--length_penalty", "0")
-    _, top_one, _ = _decode(capsys, *flags, "--method", "sample", "--top_k", "1")
+    _, top_one, _ = run_decode(capsys, *flags, "--method", "sample", "--top_k", "1")
     assert beam_one == top_one == greedy
-    _, beam, err = _decode(capsys, *flags, "--method", "beam", "--beam_size", "3")
+    _, beam, err = run_decode(capsys, *flags, "--method", "beam", "--beam_size", "3")
     assert "beam (beam 3" in err
-    _, sampled, _ = _decode(capsys, *flags, "--method", "sample", "--seed", "4")
-    _, again, _ = _decode(capsys, *flags, "--method", "sample", "--seed", "4")
+    _, sampled, _ = run_decode(capsys, *flags, "--method", "sample", "--seed", "4")
+    _, again, _ = run_decode(capsys, *flags, "--method", "sample", "--seed", "4")
     assert sampled == again
     for outputs in (beam, sampled):
         assert [line[:len(p)] for line, p in zip(outputs, PROMPTS, strict=True)] == PROMPTS
@@ -138,16 +123,16 @@ def test_references_score_the_continued_prompts(run_dir, tmp_path, capsys):
     source, references = tmp_path / "p.txt", tmp_path / "r.txt"
     source.write_text("drei\nzwei\n", encoding="utf-8")
     references.write_text("dreihundert\nzwei\n", encoding="utf-8")
-    _, outputs, err = _decode(capsys, "--workdir", run_dir, "--method", "greedy",
+    _, outputs, err = run_decode(capsys, "--workdir", run_dir, "--method", "greedy",
                               "--input_file", str(source), "--reference_file", str(references))
     exact = sum(o == r for o, r in zip(outputs, ["dreihundert", "zwei"], strict=True)) / 2
     assert f"exact match = {100 * exact:.1f}% of 2 lines" in err
 
 
 def test_requests_for_other_kinds_exit_2(run_dir, capsys):
-    err = _fails(capsys, "--workdir", run_dir, "--input", "drei", "--attention_plot", "a.png")
+    err = decode_fails(capsys, "--workdir", run_dir, "--input", "drei", "--attention_plot", "a.png")
     assert "cross-attention, which this decoder_only run does not have" in err
-    err = _fails(capsys, "--workdir", run_dir, "--input", "zwei", "--input", "drei<mask>")
+    err = decode_fails(capsys, "--workdir", run_dir, "--input", "zwei", "--input", "drei<mask>")
     assert "input line 2 holds <mask>, which only an encoder_only run fills" in err
 
 
