@@ -47,10 +47,14 @@ def kind_config(kind: str, **train_overrides) -> config_lib.Config:
     return dataclasses.replace(config, model=model, train=train).validate()
 
 
-def train_kind_run(corpus: str, workdir: str, kind: str, steps: int = 2) -> str:
-    """A few steps of kind_config(kind) on _write_corpus's files, trained in this process;
-    returns the workdir (config.json, tokenizer.model, checkpoints/)."""
+def train_kind_run(tmp_path_factory, kind: str, steps: int = 2) -> str:
+    """A few steps of kind_config(kind) on a fresh _write_corpus corpus, trained in this
+    process; returns the workdir (config.json, tokenizer.model, checkpoints/)."""
     from flax_transformer import loop  # a heavy import only for the tests that train
+    from tests.test_loop import _write_corpus
+
+    corpus = _write_corpus(str(tmp_path_factory.mktemp(f"{kind}_corpus")))
+    workdir = str(tmp_path_factory.mktemp(f"{kind}_run"))
 
     config = kind_config(kind, num_steps=steps, checkpoint_every=steps, eval_every=steps,
                          log_every=1)

@@ -15,15 +15,13 @@ import pytest
 from flax_transformer import fill_mask, inference
 from flax_transformer.data import MASK_ID, MASK_PIECE
 from tests.helpers import decode_fails, run_decode, train_kind_run
-from tests.test_loop import _write_corpus
 
 LINES = ["drei<mask>zwanzig", "sieben", "<mask>hundert<mask>", ""]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    corpus = _write_corpus(str(tmp_path_factory.mktemp("mlm_corpus")))
-    return train_kind_run(corpus, str(tmp_path_factory.mktemp("mlm_run")), "encoder_only")
+    return train_kind_run(tmp_path_factory, "encoder_only")
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,13 @@ from flax_transformer import continuations, inference, language_model, training
 from flax_transformer.config import DecodeConfig
 from flax_transformer.model import DecoderOnly
 from tests.helpers import decode_fails, run_decode, train_kind_run
-from tests.test_loop import _write_corpus
 
 PROMPTS = ["drei", "siebenhundert", "zwei", "neunzehntausend"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    corpus = _write_corpus(str(tmp_path_factory.mktemp("lm_corpus")))
-    return train_kind_run(corpus, str(tmp_path_factory.mktemp("lm_run")), "decoder_only")
+    return train_kind_run(tmp_path_factory, "decoder_only")
 
 
 @pytest.fixture(scope="module")
