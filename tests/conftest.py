@@ -8,6 +8,7 @@ there, and a fresh cache per session keeps the tests independent of earlier runs
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,14 +42,28 @@ class Child:
 
     def wait_for(self, text: str, timeout: float = 600) -> None:
         """Polls the child's output until ``text`` appears (an event, not a fixed delay)."""
+        self.wait_until(lambda output: text in output, repr(text), timeout)
+
+    def wait_for_step(self, step: int, timeout: float = 600) -> None:
+        """Waits until the progress bar shows ``step`` or later.
+
+        The bar redraws at most every few steps (tqdm's ``miniters``/``mininterval``), so a
+        given step may never be printed: wait for any step at or past it.
+        """
+        def reached(output: str) -> bool:
+            return any(int(done) >= step for done in re.findall(r"\| *(\d+)/\d+ \[", output))
+        self.wait_until(reached, f"step {step} or later in the progress bar", timeout)
+
+    def wait_until(self, predicate, what: str, timeout: float = 600) -> None:
+        """Polls the child's output until ``predicate(output)`` holds or the child ends."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.output():
+            if predicate(self.output()):
                 return
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
-        raise AssertionError(f"{text!r} did not appear in the output of "
+        raise AssertionError(f"{what} did not appear in the output of "
                              f"{self.process.args[:2]}:\n{self.output()[-3000:]}")
 
     def signal(self, signum: int) -> None:

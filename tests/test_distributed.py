@@ -117,7 +117,8 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint(corpus, tmp_path, star
     child = start_child(args, tmp_path / "killed.log", env=_env(1))
     # At step 7 the save of step 6 has begun, and Orbax begins a save only after the
     # previous one (step 3) is complete: an event in the output, not a guess of the time.
-    child.wait_for("| 7/100000")
+    # (The bar may skip step 7 itself when steps are fast: any later step will do.)
+    child.wait_for_step(7)
     child.signal(signal.SIGKILL)
     child.wait(timeout=120)
     complete = checkpoint.Checkpoints(workdir).latest_step()
