@@ -101,10 +101,8 @@ def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restore
     """
     config = saved_config(workdir)
     tokenizer = load_tokenizer(workdir, config)
-    # Shapes only: building real initial parameters op by op costs seconds of start-up.
-    target = jax.eval_shape(functools.partial(training.create_train_state, config),
-                            jax.random.key(0))
-    params, _, description = checkpoint.restore_params(workdir, target, which, use_ema)
+    params, _, description = checkpoint.restore_params(
+        workdir, training.train_state_shapes(config), which, use_ema)
     model = training.KINDS[config.model.kind].module(config.model)
     return Restored(config=config, tokenizer=tokenizer, model=model,
                     params=params, description=description)

@@ -397,8 +397,9 @@ def _average_last(run: _Run) -> None:
     and saves it with that score (``restore_params("best")`` prefers it when not worse)."""
     train = run.config.train
     run.checkpoints.wait()
-    target = jax.device_get(training.create_train_state(run.config, jax.random.key(0)))
-    averaged, steps = checkpoint.average_params(run.workdir, target, train.average_last,
+    averaged, steps = checkpoint.average_params(run.workdir,
+                                                training.train_state_shapes(run.config),
+                                                train.average_last,
                                                 train.keep_checkpoints)
     results = run.evaluator.evaluate(run.strategy.put_state(averaged))
     run.writer.write(run.step, "validation_averaged", results)
@@ -449,8 +450,8 @@ def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool =
             print("\nno test split (data.test_files is empty): no test report.")
         return {}
     splits["test"] = evaluation.first_examples(splits["test"], config.eval.test_examples)
-    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
-    params, _, what = checkpoint.restore_params(workdir, target, "best")
+    params, _, what = checkpoint.restore_params(workdir, training.train_state_shapes(config),
+                                                "best")
     strategy = parallel.make_strategy(dataclasses.replace(
         config, train=dataclasses.replace(config.train, parallelism="pmap")))
     evaluator = evaluation.Evaluator(config, splits["test"], tokenizer, strategy,

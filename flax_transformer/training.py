@@ -161,6 +161,12 @@ def create_train_state(config: Config, rng: jax.Array) -> TrainState:
                       opt_state=optimizer.init(params), ema_params=ema, tx=optimizer)
 
 
+def train_state_shapes(config: Config) -> TrainState:
+    """The TrainState's tree, shapes and dtypes, computing nothing: a restore target
+    (building real initial parameters op by op costs seconds of start-up)."""
+    return jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
+
+
 def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
     return {
         "source_tokens": batch["source"], "target_tokens": batch["target_input"],
