@@ -174,10 +174,12 @@ def _warn_skipped(splits: dict) -> None:
 
 def _initial_state(run: _Run) -> Any:
     """A fresh state, or the newest readable checkpoint (with the data iterator state)."""
-    init_rng = jax.random.fold_in(run.root_rng, 0)
-    state = jax.device_get(training.create_train_state(run.config, init_rng))
     if run.checkpoints.latest_step() is None:
-        return state
+        init_rng = jax.random.fold_in(run.root_rng, 0)
+        return jax.device_get(training.create_train_state(run.config, init_rng))
+    # Resuming: the restore target needs shapes only (building real initial parameters op
+    # by op, to be overwritten, costs seconds of start-up: 8 s at base).
+    state = training.train_state_shapes(run.config)
     wants_ema = state.ema_params is not None
     saved_ema = run.saved_config.train.ema_decay > 0 if run.saved_config else wants_ema
     restored, data_state, step = run.checkpoints.restore(
