@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from flax_transformer import (
     checkpoint,
+    config_fields,
     data,
     evaluation,
     fill_mask,
@@ -388,7 +389,7 @@ def decode_config_for(config: config_lib.Config,
     """The run's decode config with the command line's changes, validated."""
     dotted = {f"decode.{name}": str(value) for name, value in overrides.items()
               if value is not None}
-    return config_lib.override(config, dotted).decode
+    return config_fields.override(config, dotted).decode
 
 
 def input_lines(request: DecodeRequest, stdin: IO) -> list[str]:

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from flax_transformer import checkpoint, data, evaluation, parallel, training
+from flax_transformer import checkpoint, config_fields, data, evaluation, parallel, training
 from flax_transformer.config import Config
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> Config
     if not os.path.exists(checkpoint.config_path(workdir)):
         return None
     saved = checkpoint.load_config(workdir)
-    accepted, refused = checkpoint.train_changes(saved, config)
-    differences = checkpoint.config_differences(saved, config) + refused
+    accepted, refused = config_fields.train_changes(saved, config)
+    differences = config_fields.config_differences(saved, config) + refused
     if differences and not fresh:
         raise TrainingError(
             f"{workdir!r} holds a run with a different config ({'; '.join(differences)}); "
