@@ -1,6 +1,6 @@
 """Checks of a decode.py request that need no model: done before the slow restore.
 
-Kept apart from inference.py so that decode.py fails in a second, not after loading a
+Kept apart from decode_command.py so that decode.py fails in a second, not after loading a
 model and translating a whole file, when an output cannot be written or a flag is wrong.
 """
 

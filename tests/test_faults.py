@@ -337,7 +337,7 @@ def test_second_stop_request_exits_at_once(monkeypatch):
 def test_whole_loop_on_a_mocked_catalogue_dataset(tmp_path, capsys):
     import tensorflow_datasets as tfds
 
-    from flax_transformer import inference
+    from flax_transformer import decode_command
 
     workdir = str(tmp_path / "wmt")
     base = _config_micro()
@@ -349,11 +349,11 @@ def test_whole_loop_on_a_mocked_catalogue_dataset(tmp_path, capsys):
         results = loop.main(config, workdir)
     assert "test_bleu" in results and "bleu" in results
     assert checkpoint.Checkpoints(workdir).latest_step() == 2
-    request = inference.DecodeRequest(
+    request = decode_command.DecodeRequest(
         workdir=workdir, checkpoint="best", use_ema=False, inputs=("a b c",),
         input_file=None, output_file=str(tmp_path / "out.txt"), reference_file=None,
         attention_plot=None, self_attention=False, decode_overrides={})
-    inference.run(request)
+    decode_command.run(request)
     with open(tmp_path / "out.txt") as handle:
         assert len(handle.read().splitlines()) == 1
 
