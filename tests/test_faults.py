@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from flax_transformer import checkpoint, config_fields, loop, presets, training
+from flax_transformer import checkpoint, config_fields, loop, presets, report, stopping, training
 from flax_transformer import config as config_lib
 from tests.test_distributed import _args, _env
 from tests.test_loop import _config, _write_corpus
@@ -304,7 +304,7 @@ def test_stop_during_averaging_and_test_report(corpus, tmp_path, monkeypatch, ca
     _stop_during(monkeypatch, checkpoint, "average_params")
     assert loop.main(config, workdir) == {}
     monkeypatch.undo()
-    _stop_during(monkeypatch, loop, "report_test")
+    _stop_during(monkeypatch, report, "report_test")
     assert loop.main(config, workdir) == {}
     assert "stopped during the test report" in capsys.readouterr().out
     monkeypatch.undo()
@@ -316,16 +316,16 @@ def test_second_stop_request_exits_at_once(monkeypatch):
     # In-process: two signals sent back to back coalesce in the kernel, so a subprocess
     # test could not make sure that the handler ran twice.
     exits = []
-    monkeypatch.setattr(loop.os, "_exit", exits.append)
-    stop = loop._Stop()
+    monkeypatch.setattr(stopping.os, "_exit", exits.append)
+    stop = stopping.Stop()
     stop(signal.SIGTERM, None)  # during training steps: noted, the loop saves and returns
     assert stop.requested and not exits
     stop(signal.SIGINT, None)
     assert exits == [128 + signal.SIGINT]
-    with pytest.raises(loop.StopRequested), stop.interruptible():
+    with pytest.raises(stopping.StopRequested), stop.interruptible():
         raise AssertionError("an interruptible phase must not start after a stop request")
-    fresh = loop._Stop()
-    with pytest.raises(loop.StopRequested), fresh.interruptible():
+    fresh = stopping.Stop()
+    with pytest.raises(stopping.StopRequested), fresh.interruptible():
         with fresh.interruptible():  # validation inside the final phase
             pass
         fresh(signal.SIGTERM, None)  # averaging etc. after it: still ended at once
