@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail("--self_attention needs --attention_plot OUT.png.")
     if args.print_scores and args.output_format == "jsonl":
         cli.fail("--print_scores is for --output_format text; jsonl always holds the scores.")
-    from flax_transformer import inference  # after parsing: --help stays fast
+    from flax_transformer import decode_command  # after parsing: --help stays fast
 
     cli.use_compilation_cache(args)
 
-    request = inference.DecodeRequest(
+    request = decode_command.DecodeRequest(
         workdir=args.workdir, checkpoint=args.checkpoint, use_ema=args.ema,
         inputs=None if args.input is None else tuple(args.input),
         input_file=args.input_file, output_file=args.output_file,
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         decode_overrides={flag: getattr(args, flag) for flag in SEARCH_FLAGS},
         output_format=args.output_format, print_scores=args.print_scores)
     try:
-        inference.run(request)
-    except inference.DECODE_USER_ERRORS as error:
+        decode_command.run(request)
+    except decode_command.DECODE_USER_ERRORS as error:
         cli.fail(str(error))
     return 0
 

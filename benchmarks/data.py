@@ -28,7 +28,8 @@ import common
 import numpy as np
 
 from flax_transformer import data
-from flax_transformer.config import DataConfig, get_config
+from flax_transformer.config import DataConfig
+from flax_transformer.presets import get_config
 
 
 def timed(function, *args, **kwargs):

@@ -34,9 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_transformer import decoding, translate
-from flax_transformer.config import DecodeConfig, get_config
+from flax_transformer.config import DecodeConfig
 from flax_transformer.data import batching
 from flax_transformer.model import Transformer
+from flax_transformer.presets import get_config
 
 BOS_ID, EOS_ID, PAD_ID = 2, 3, 0
 

@@ -49,7 +49,7 @@ PRESET_VOCAB = {"base": 32000}      # the Flax WMT example's default vocabulary
 def bench_config(preset: str, length: int, vocab: int = 0, dtype: str = "float32",
                  dropout: float | None = None):
     """The preset at vocabulary ``vocab`` (0: PRESET_VOCAB or the preset's), jit strategy."""
-    from flax_transformer.config import get_config
+    from flax_transformer.presets import get_config
 
     config = get_config(preset)
     vocab = vocab or PRESET_VOCAB.get(preset, config.model.vocab_size)

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flax_transformer import config as config_lib
+from flax_transformer import config_fields
 
 log = logging.getLogger(__name__)
 Policies = ocp.checkpoint_managers
@@ -109,7 +110,7 @@ def config_path(workdir: str) -> str:
 
 
 def save_config(workdir: str, config: config_lib.Config) -> None:
-    _atomic_write(config_path(workdir), config_lib.to_json(config) + "\n")
+    _atomic_write(config_path(workdir), config_fields.to_json(config) + "\n")
 
 
 def load_config(workdir: str) -> config_lib.Config:
@@ -121,55 +122,11 @@ def load_config(workdir: str) -> config_lib.Config:
             "--workdir that train.py wrote to.")
     try:
         with open(path, encoding="utf-8") as handle:
-            return config_lib.from_json(handle.read())
+            return config_fields.from_json(handle.read())
     except (UnicodeDecodeError, json.JSONDecodeError, config_lib.ConfigError) as error:
         raise CheckpointError(
             f"{path} is damaged ({error}); restore it (e.g. from a copy, or rewrite it with "
             "the train.py flags of the run).") from error
-
-
-def config_differences(saved: config_lib.Config, new: config_lib.Config) -> list[str]:
-    """Fields (model and data) whose change makes old checkpoints unusable for ``new``."""
-    differences = []
-    for section in ("model", "data"):
-        old_values = config_lib.to_dict(saved)[section]
-        new_values = config_lib.to_dict(new)[section]
-        for key in sorted(old_values):
-            if key in ("num_workers", "eval_examples"):
-                continue
-            if old_values[key] != new_values.get(key):
-                differences.append(
-                    f"{section}.{key}: {old_values[key]!r} -> {new_values.get(key)!r}")
-    return differences
-
-
-# Train fields whose switching on or off changes the saved state's tree (value = "off").
-_STRUCTURAL = {"weight_decay": 0.0, "gradient_clip_norm": 0.0, "gradient_accumulation": 1}
-
-
-def train_changes(saved: config_lib.Config, new: config_lib.Config
-                  ) -> tuple[list[str], list[str]]:
-    """Section-train changes on resume: (accepted ones, ones the saved state cannot take).
-
-    Schedule-like fields only change what happens from now on. Switching EMA on or off is
-    accepted (the loop migrates the state); switching weight decay, clipping or gradient
-    accumulation on or off changes the optimizer state's structure and is refused.
-    """
-    old, now = config_lib.to_dict(saved)["train"], config_lib.to_dict(new)["train"]
-    accepted, refused = [], []
-    for key in sorted(old):
-        if old[key] == now.get(key):
-            continue
-        change = f"train.{key}: {old[key]!r} -> {now.get(key)!r}"
-        off = _STRUCTURAL.get(key)
-        if off is not None and (old[key] == off) != (now.get(key) == off):
-            refused.append(change)
-        elif key == "ema_decay" and (old[key] > 0) != (now[key] > 0):
-            accepted.append(change + (" (EMA starts from the current parameters)"
-                                      if now[key] > 0 else " (the saved EMA is dropped)"))
-        else:
-            accepted.append(change)
-    return accepted, refused
 
 
 # --------------------------------------------------------------------------- checkpoints

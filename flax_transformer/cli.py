@@ -12,17 +12,18 @@ import sys
 import threading
 
 from flax_transformer import config as config_lib
+from flax_transformer import config_fields, presets
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """Adds --config PRESET and one --config.SECTION.FIELD flag per field, with its doc."""
-    parser.add_argument("--config", default=default_preset, choices=sorted(config_lib.PRESETS),
+    parser.add_argument("--config", default=default_preset, choices=sorted(presets.PRESETS),
                         help=f"preset to start from (default: {default_preset})")
-    defaults = config_lib.get_config(default_preset)
+    defaults = presets.get_config(default_preset)
     group = parser.add_argument_group(
         "config fields", "override any field of the preset: --config.SECTION.FIELD=VALUE "
         f"(defaults shown are the {default_preset!r} preset's)")
-    for dotted, kind, default, doc in config_lib.iter_fields(defaults):
+    for dotted, kind, default, doc in config_fields.iter_fields(defaults):
         type_name = getattr(kind, "__name__", "tuple of ints")
         group.add_argument(f"--config.{dotted}", dest=f"override:{dotted}", default=None,
                            metavar=type_name.upper(), help=f"{doc} (default: {default!r})")
@@ -31,7 +32,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str) -
 def section_fields(section: str) -> dict[str, tuple[type, str]]:
     """{field: (type, help)} of one config section ("decode"), from its field docs."""
     return {dotted.split(".", 1)[1]: (kind, doc)
-            for dotted, kind, _, doc in config_lib.iter_fields(config_lib.Config())
+            for dotted, kind, _, doc in config_fields.iter_fields(config_lib.Config())
             if dotted.split(".", 1)[0] == section}
 
 
@@ -39,7 +40,7 @@ def config_from_args(args: argparse.Namespace) -> config_lib.Config:
     """The preset named by --config with every --config.X.Y override applied."""
     overrides = {key.split(":", 1)[1]: value for key, value in vars(args).items()
                  if key.startswith("override:") and value is not None}
-    return config_lib.override(config_lib.get_config(args.config), overrides)
+    return config_fields.override(presets.get_config(args.config), overrides)
 
 
 def add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:

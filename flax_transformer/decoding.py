@@ -11,13 +11,9 @@ Conventions shared by every search:
   ``pad_id`` after it; a row that never emits EOS fills all ``max_length`` slots;
 * ``pad_id`` is never emitted (its logit is masked), so padding keeps meaning "nothing";
 * ``bos_id`` is an int, or int [B] with one start token per row;
-* every search returns ``Hypotheses``: the tokens, their log-probability under the model
-  (log-softmax over the vocabulary less ``pad_id``, which no search emits; before any
-  sampling filter, EOS/n-gram ban) and the length-normalised score
-  log P / lp(|Y|) with the GNMT penalty lp of ``gnmt_length_penalty`` (|Y| counts EOS);
-* ``min_length`` forbids EOS before that many tokens and ``no_repeat_ngram_size`` n
-  forbids any token that would repeat an n-gram of the output (fairseq's
-  ``--no-repeat-ngram-size``; the start token and a prompt are not part of the output).
+* every search returns ``Hypotheses`` (tokens, log-probabilities, GNMT scores) and
+  applies ``Constraints`` (min_length, no_repeat_ngram_size): see ``search_rules.py``,
+  which also holds sampling's ``filter_logits``.
 
 This module holds search only: ``translate.py`` turns a Transformer or DecoderOnly and
 its params into ``tokens_to_logits`` and runs these searches over files of sentences.
@@ -34,6 +30,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from flax_transformer.config import DecodeConfig
+from flax_transformer.search_rules import (
+    Constraints,
+    Hypotheses,
+    constrain,
+    filter_logits,
+    forbid,
+    gnmt_length_penalty,
+    normalised_scores,
+)
 
 Array = jnp.ndarray
 Cache = Any
@@ -43,25 +48,6 @@ PromptToCache = Callable[[Array, Array, Cache], Cache]
 NEG_INF = -1.0e7  # finite "minus infinity" of beam scores: no inf - inf = NaN anywhere
 
 
-class Hypotheses(NamedTuple):
-    """What a search returns. [B, N, ...] from beam_search and search, [B, ...] from
-    greedy_search and sample (one hypothesis per row)."""
-
-    tokens: Array      # int [B, (N,) T], laid out as the module docstring says
-    log_probs: Array   # float [B, (N)], log P(tokens) under the model
-    scores: Array      # float [B, (N)], log_probs / lp(|tokens|): what beam search ranks by
-
-
-class Constraints(NamedTuple):
-    """Rules every search applies to the next token (0 = off)."""
-
-    min_length: int = 0             # EOS forbidden at output positions < min_length
-    no_repeat_ngram_size: int = 0   # no n-gram of this size twice in an output
-
-
-# --------------------------------------------------------------------------- helpers
-
-
 def _batch_size(cache: Cache) -> int:
     return jax.tree.leaves(cache)[0].shape[0]
 
@@ -69,67 +55,6 @@ def _batch_size(cache: Cache) -> int:
 def _start_tokens(bos_id: int | Array, batch_size: int) -> Array:
     """int [B] start tokens from a scalar BOS id or a per-row array."""
     return jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (batch_size,))
-
-
-def _forbid(logits: Array, token_id: int, value: float = -jnp.inf) -> Array:
-    """Masks one token out of logits [..., V]."""
-    return logits.at[..., token_id].set(value)
-
-
-def repeated_ngram_tokens(tokens: Array, length: Array | int, n: int,
-                          vocab_size: int) -> Array:
-    """Tokens that, written at position ``length``, would repeat an n-gram of the output.
-
-    Pure and shape-static: the n-grams are read from the fixed-size buffer, and only
-    those wholly before ``length`` count. Token v is banned for row b iff some n-gram
-    ``tokens[b, i:i+n]`` with i + n ≤ length starts with the row's last n - 1 tokens
-    ``tokens[b, length-n+1:length]`` and ends with v (n = 1 bans every token written).
-
-    Args:
-      tokens: int [B, T], the outputs so far (anything at positions ≥ length).
-      length: int scalar, the number of tokens written.
-      n: the n-gram size (≥ 1, static).
-      vocab_size: V.
-
-    Returns:
-      bool [B, V].
-    """
-    batch, total = tokens.shape
-    if total < n:
-        return jnp.zeros((batch, vocab_size), bool)
-    starts = total - n + 1
-    windows = jnp.stack([tokens[:, i:i + starts] for i in range(n)], axis=-1)  # [B, I, n]
-    last = lax.dynamic_slice_in_dim(
-        jnp.pad(tokens, ((0, 0), (n - 1, 0))), length, n - 1, axis=1)        # [B, n-1]
-    matches = jnp.all(windows[:, :, :n - 1] == last[:, None, :], axis=-1)  # [B, I]
-    matches &= (jnp.arange(starts) + n <= length)[None, :]
-    banned = jnp.zeros((batch, vocab_size), jnp.int32)
-    banned = banned.at[jnp.arange(batch)[:, None], windows[:, :, n - 1]].max(
-        matches.astype(jnp.int32))
-    return banned > 0
-
-
-def _constrain(scores: Array, outputs: Array, step: Array, constraints: Constraints, *,
-               eos_id: int, value: float) -> Array:
-    """Sets ``value`` where constraints forbid the token at output position ``step``.
-
-    Args:
-      scores: float [R, V] logits or log-probabilities of the next token.
-      outputs: int [R, T], the outputs so far (step tokens written).
-    """
-    if constraints.no_repeat_ngram_size:
-        banned = repeated_ngram_tokens(outputs, step, constraints.no_repeat_ngram_size,
-                                       scores.shape[-1])
-        scores = jnp.where(banned, value, scores)
-    if constraints.min_length:
-        scores = jnp.where(step < constraints.min_length, _forbid(scores, eos_id, value),
-                           scores)
-    return scores
-
-
-def normalised_scores(tokens: Array, log_probs: Array, alpha: float, pad_id: int) -> Array:
-    """log_probs / lp(|Y|), |Y| the tokens other than pad (EOS included). [...]."""
-    return log_probs / gnmt_length_penalty(jnp.sum(tokens != pad_id, axis=-1), alpha)
 
 
 # --------------------------------------------------------------------------- greedy, sampling
@@ -158,9 +83,9 @@ def _token_by_token(tokens_to_logits: TokensToLogits, cache: Cache,
     def step_fn(state):
         step, last, finished, outputs, log_probs, cache = state
         logits, cache = tokens_to_logits(last, cache)
-        logits = _forbid(logits.astype(jnp.float32), pad_id)
-        allowed = _constrain(logits, outputs, step, constraints, eos_id=eos_id,
-                             value=-jnp.inf)
+        logits = forbid(logits.astype(jnp.float32), pad_id)
+        allowed = constrain(logits, outputs, step, constraints, eos_id=eos_id,
+                            value=-jnp.inf)
         if constraints != Constraints():  # a row the rules leave no token ends instead
             stuck = jnp.all(allowed == -jnp.inf, axis=-1, keepdims=True)       # [B, 1]
             allowed = jnp.where(stuck & (jnp.arange(logits.shape[-1]) == eos_id), logits,
@@ -205,34 +130,6 @@ def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, bos_id: int
                            length_penalty=length_penalty, constraints=constraints)
 
 
-def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> Array:
-    """Temperature, then top-k, then nucleus (top-p) filtering; removed tokens get -inf.
-
-    Args:
-      logits: float [B, V].
-      temperature: divides the logits (> 0).
-      top_k: keep the k largest logits; 0 keeps all.
-      top_p: keep the smallest set of likeliest tokens whose probability reaches top_p
-        (the likeliest token is always kept); 1.0 keeps all.
-
-    Returns:
-      float [B, V].
-    """
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth_largest = lax.top_k(logits, top_k)[0][:, -1:]                    # [B, 1]
-        logits = jnp.where(logits >= kth_largest, logits, -jnp.inf)
-    if top_p < 1.0:
-        descending = -jnp.sort(-logits, axis=-1)                             # [B, V]
-        probs = jax.nn.softmax(descending, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        kept = jnp.where(mass_before < top_p, descending, jnp.inf)
-        threshold = jnp.min(kept, axis=-1, keepdims=True)                    # [B, 1]
-        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
-    return logits
-
-
 def sample(tokens_to_logits: TokensToLogits, cache: Cache, rng: Array, *,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            bos_id: int | Array, eos_id: int, max_length: int, pad_id: int = 0,
@@ -256,11 +153,6 @@ def sample(tokens_to_logits: TokensToLogits, cache: Cache, rng: Array, *,
 
 
 # --------------------------------------------------------------------------- beam search
-
-
-def gnmt_length_penalty(length: Array | int, alpha: float) -> Array:
-    """GNMT length penalty lp(Y) = ((5 + |Y|) / 6)^alpha; |Y| counts EOS, not BOS."""
-    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
 def expand_beams(cache: Cache, beam_size: int) -> Cache:
@@ -355,10 +247,10 @@ def _beam_step(state: BeamState, *, tokens_to_logits: TokensToLogits, alpha: flo
     """
     batch, beams = state.last_tokens.shape
     logits, cache = tokens_to_logits(state.last_tokens.reshape(-1), state.cache)
-    logits = _forbid(logits.astype(jnp.float32), pad_id, NEG_INF)
-    log_probs = _constrain(jax.nn.log_softmax(logits, axis=-1),
-                           state.alive_tokens.reshape(batch * beams, -1), state.step,
-                           constraints, eos_id=eos_id, value=NEG_INF)
+    logits = forbid(logits.astype(jnp.float32), pad_id, NEG_INF)
+    log_probs = constrain(jax.nn.log_softmax(logits, axis=-1),
+                          state.alive_tokens.reshape(batch * beams, -1), state.step,
+                          constraints, eos_id=eos_id, value=NEG_INF)
     log_probs = log_probs.reshape(batch, beams, -1)                           # [B, W, V]
     log_p, beam_indices, tokens, sequences = _beam_candidates(state, log_probs)
     is_eos = tokens == eos_id

@@ -2,7 +2,8 @@
 
 ``train_and_evaluate(config, workdir)`` is what ``train.py`` calls. Running it again on the
 same workdir resumes exactly where the last checkpoint left off (parameters, optimizer,
-step, data iterator); SIGTERM/SIGINT save a checkpoint and return cleanly.
+step, data iterator); SIGTERM/SIGINT save a checkpoint and return cleanly (stopping.py).
+``main`` then writes the test report (report.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import time
 from typing import Any
 
@@ -21,7 +21,16 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from flax_transformer import checkpoint, data, evaluation, parallel, training
+from flax_transformer import (
+    checkpoint,
+    config_fields,
+    data,
+    evaluation,
+    parallel,
+    report,
+    stopping,
+    training,
+)
 from flax_transformer.config import Config
 
 log = logging.getLogger(__name__)
@@ -29,44 +38,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot start or cannot go on; the message says why and what to do."""
-
-
-class StopRequested(Exception):  # noqa: N818 (a request, not an error)
-    """A stop request (SIGTERM/SIGINT) arrived during validation, averaging or the report."""
-
-
-class _Stop:
-    """SIGTERM/SIGINT: the first asks to stop, the second exits at once.
-
-    During training steps the request is only noted (the loop saves and returns after the
-    current step); inside ``interruptible()`` phases it raises StopRequested right away.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._interruptible = False
-
-    def __call__(self, signum, frame):
-        del frame
-        if self.requested:
-            print(f"\nsecond stop request (signal {signum}): exiting now; the complete "
-                  "checkpoints on disk are kept.", flush=True)
-            os._exit(128 + signum)
-        self.requested = True
-        log.warning("received signal %d: stopping (a second one exits at once).", signum)
-        if self._interruptible:
-            raise StopRequested(signum)
-
-    @contextlib.contextmanager
-    def interruptible(self):
-        """A phase that a stop request ends at once (nothing in it needs saving)."""
-        if self.requested:
-            raise StopRequested()
-        outer, self._interruptible = self._interruptible, True
-        try:
-            yield
-        finally:
-            self._interruptible = outer
 
 
 @dataclasses.dataclass
@@ -80,7 +51,7 @@ class _Run:
     train_batches: Any
     evaluator: evaluation.Evaluator
     root_rng: jax.Array
-    stop: _Stop
+    stop: stopping.Stop
     saved_config: Config | None = None
     writer: Any = None
     step: int = 0
@@ -102,8 +73,8 @@ def prepare_workdir(config: Config, workdir: str, fresh: bool = False) -> Config
     if not os.path.exists(checkpoint.config_path(workdir)):
         return None
     saved = checkpoint.load_config(workdir)
-    accepted, refused = checkpoint.train_changes(saved, config)
-    differences = checkpoint.config_differences(saved, config) + refused
+    accepted, refused = config_fields.train_changes(saved, config)
+    differences = config_fields.config_differences(saved, config) + refused
     if differences and not fresh:
         raise TrainingError(
             f"{workdir!r} holds a run with a different config ({'; '.join(differences)}); "
@@ -142,7 +113,7 @@ def _batch_data(config: Config) -> Any:
     return data.batch_config(config.data) if config.model.monolingual else config.data
 
 
-def _setup(config: Config, workdir: str, stop: _Stop) -> _Run:
+def _setup(config: Config, workdir: str, stop: stopping.Stop) -> _Run:
     splits, tokenizer = load_data(config, workdir)
     _warn_skipped(splits)
     # A small corpus may yield fewer pieces than asked for; more would overflow the embedding.
@@ -226,21 +197,6 @@ def _announce(run: _Run) -> None:
         print(f"resuming at step {run.step} of {config.train.num_steps}")
 
 
-def _install_signal_handlers(stop: _Stop) -> dict:
-    """SIGTERM/SIGINT go to ``stop``; returns the previous handlers."""
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        # Outside the main thread (e.g. some notebook runners) no handler can be set.
-        with contextlib.suppress(ValueError):
-            previous[signum] = signal.signal(signum, stop)
-    return previous
-
-
-def _restore_handlers(previous: dict) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-
-
 def _save(run: _Run, state: Any, metrics: dict | None = None) -> None:
     host_state = run.strategy.get_state(state)
     if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(host_state.params)):
@@ -320,7 +276,7 @@ def _train_steps(run: _Run, state: Any) -> Any:
                 interval_start = time.perf_counter()
             metrics_for_save = None
             if run.step % train.eval_every == 0 or run.step == train.num_steps:
-                with contextlib.suppress(StopRequested):  # saved below, without a score
+                with contextlib.suppress(stopping.StopRequested):  # saved below, without a score
                     metrics_for_save = {"score": evaluation.score(_evaluate(run, state),
                                                                   train.best_metric)}
             if (run.step % train.checkpoint_every == 0 or run.step == train.num_steps
@@ -333,22 +289,22 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
     """Trains (or resumes) the run in ``workdir``; returns the last evaluation results
     (empty when a stop request ended it early)."""
     config.validate()
-    stop = _Stop()
+    stop = stopping.Stop()
     checkpoint.check_writable(workdir)
-    previous_handlers = _install_signal_handlers(stop)
+    previous_handlers = stopping.install_signal_handlers(stop)
     try:
         _lock(workdir)
     except BaseException:
-        _restore_handlers(previous_handlers)
+        stopping.restore_handlers(previous_handlers)
         raise
     try:
         return _train_locked(config, workdir, fresh, stop)
-    except StopRequested:
+    except stopping.StopRequested:
         print("stopped before training went on; nothing lost. Run the same command to "
               "continue.")
         return {}
     finally:
-        _restore_handlers(previous_handlers)
+        stopping.restore_handlers(previous_handlers)
         if jax.process_index() == 0:
             checkpoint.unlock_workdir(workdir)
 
@@ -365,7 +321,7 @@ def _lock(workdir: str) -> None:
         raise error or TrainingError(f"process 0 could not lock {workdir!r}; see its output.")
 
 
-def _train_locked(config: Config, workdir: str, fresh: bool, stop: _Stop) -> dict:
+def _train_locked(config: Config, workdir: str, fresh: bool, stop: stopping.Stop) -> dict:
     saved = prepare_workdir(config, workdir, fresh)
     with stop.interruptible():
         run = _setup(config, workdir, stop)
@@ -380,7 +336,7 @@ def _train_locked(config: Config, workdir: str, fresh: bool, stop: _Stop) -> dic
                 _evaluate(run, state)
             if config.train.average_last > 1:
                 _average_last(run)
-    except StopRequested:
+    except stopping.StopRequested:
         pass
     finally:
         try:
@@ -423,95 +379,20 @@ USER_ERRORS = (TrainingError, checkpoint.CheckpointError, data.DataError, FileNo
 
 def _report_or_stop(config: Config, workdir: str) -> dict | None:
     """The test report, ended at once (None) by a stop request."""
-    stop = _Stop()
-    previous_handlers = _install_signal_handlers(stop)
+    stop = stopping.Stop()
+    previous_handlers = stopping.install_signal_handlers(stop)
     try:
         with stop.interruptible():
             # Every process takes part: Orbax restores are collective across processes.
-            return report_test(config, workdir, verbose=jax.process_index() == 0)
-    except StopRequested:
+            splits, tokenizer = load_data(config, workdir)
+            return report.report_test(config, workdir, splits, tokenizer,
+                                      verbose=jax.process_index() == 0)
+    except stopping.StopRequested:
         print("stopped during the test report; training is complete. Run the same command "
               "to write the report.")
         return None
     finally:
-        _restore_handlers(previous_handlers)
-
-
-def report_test(config: Config, workdir: str, examples: int = 5, verbose: bool = True) -> dict:
-    """Decodes the test split (eval.test_report: all or its first N) with the best
-    checkpoint; prints scores and examples. decoder_only/encoder_only: loss metrics.
-
-    For number_words it also prints (and returns) exact match per digit count 1 … 6 and
-    over all of 0 … 999, saying which of those numbers training saw.
-    """
-    if config.model.monolingual:
-        return _report_test_text(config, workdir, verbose)
-    splits, tokenizer = load_data(config, workdir)
-    if not len(splits["test"]):
-        if verbose:
-            print("\nno test split (data.test_files is empty): no test report.")
-        return {}
-    splits["test"] = evaluation.first_examples(splits["test"], config.eval.test_examples)
-    params, _, what = checkpoint.restore_params(workdir, training.train_state_shapes(config),
-                                                "best")
-    strategy = parallel.make_strategy(dataclasses.replace(
-        config, train=dataclasses.replace(config.train, parallelism="pmap")))
-    evaluator = evaluation.Evaluator(config, splits["test"], tokenizer, strategy,
-                                     max_examples=0)
-    hypotheses = evaluator.translations(params)
-    references = evaluator.references
-    sources = [splits["test"][index]["source"] for index in range(len(hypotheses))]
-    results = {"test_bleu": evaluation.bleu(hypotheses, references)[0],
-               "test_chrf": evaluation.chrf(hypotheses, references)[0],
-               "test_exact_match": evaluation.exact_match(hypotheses, references)}
-    rows = []
-    if config.data.dataset == "number_words":
-        rows = evaluation.digit_classes(sources, hypotheses, references,
-                                        {pair["source"] for pair in splits["train"]})
-        results.update({f"test_exact_match_{row['key']}": row["exact_match"]
-                        for row in rows})
-    if verbose:
-        _print_test_report(sources, hypotheses, references, what, rows, examples)
-    return results
-
-
-def _print_test_report(sources: list[str], hypotheses: list[str], references: list[str],
-                       what: str, rows: list[dict], examples: int) -> None:
-    print(f"\ntest split ({len(hypotheses)} sentences, greedy, {what}):")
-    for line in evaluation.score_lines(hypotheses, references):
-        print(f"  {line}")
-    if rows:
-        print("  exact match by digit count (held out = never in the training split):")
-        for line in evaluation.digit_class_lines(rows):
-            print(f"    {line}")
-    wrong = [index for index, (hypothesis, reference) in enumerate(
-        zip(hypotheses, references, strict=True)) if hypothesis.strip() != reference.strip()]
-    spread = np.linspace(0, len(hypotheses) - 1, min(examples, len(hypotheses))).astype(int)
-    for title, indices in (("examples", spread.tolist()), ("wrong", wrong[:examples])):
-        if indices:
-            print(f"  {title}{f' ({len(wrong)} in all)' if title == 'wrong' else ''}:")
-        for index in indices:
-            verdict = ("" if hypotheses[index] == references[index]
-                       else f"  (reference: {references[index]!r})")
-            print(f"    {sources[index]!r} -> {hypotheses[index]!r}{verdict}")
-
-
-def _report_test_text(config: Config, workdir: str, verbose: bool) -> dict:
-    """The test report of a decoder_only/encoder_only run: loss metrics of the best
-    checkpoint on the test split (all of it, or its first eval.test_report examples)."""
-    splits, tokenizer = load_data(config, workdir)
-    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
-    params, _, what = checkpoint.restore_params(workdir, target, "best")
-    strategy = parallel.make_strategy(config)
-    test = evaluation.first_examples(splits["test"], config.eval.test_examples)
-    if not len(test):
-        return {}
-    evaluator = evaluation.Evaluator(config, test, tokenizer, strategy, max_batches=0)
-    results = evaluator.loss_metrics(strategy.put_state(target.replace(params=params)))
-    if verbose:
-        print(f"\ntest split ({len(test)} sentences, {what}): " + ", ".join(
-            f"{name} {value:.4g}" for name, value in results.items()))
-    return {f"test_{name}": value for name, value in results.items()}
+        stopping.restore_handlers(previous_handlers)
 
 
 def main(config: Config, workdir: str, fresh: bool = False) -> dict:
@@ -520,12 +401,12 @@ def main(config: Config, workdir: str, fresh: bool = False) -> dict:
     results = train_and_evaluate(config, workdir, fresh)
     if not results:  # stopped early by a signal
         return results
-    report = {}
+    test_results = {}
     if config.eval.test_report != "off":
-        report = _report_or_stop(config, workdir)
-        if report is None:
+        test_results = _report_or_stop(config, workdir)
+        if test_results is None:
             return {}
-    results = {**results, **report}
+    results = {**results, **test_results}
     results["wall_seconds"] = time.perf_counter() - start
     if jax.process_index() != 0:
         return results

@@ -1,6 +1,6 @@
 """Checks of a decode.py request that need no model: done before the slow restore.
 
-Kept apart from inference.py so that decode.py fails in a second, not after loading a
+Kept apart from decode_command.py so that decode.py fails in a second, not after loading a
 model and translating a whole file, when an output cannot be written or a flag is wrong.
 """
 
@@ -11,8 +11,7 @@ import stat
 import unicodedata
 from collections.abc import Sequence
 
-from flax_transformer import checkpoint
-from flax_transformer import config as config_lib
+from flax_transformer import checkpoint, config_fields
 
 
 class PreflightError(ValueError):
@@ -26,7 +25,7 @@ def check_request(workdir: str, decode_overrides: dict, input_file: str | None,
         config = checkpoint.load_config(workdir)
         dotted = {f"decode.{name}": str(value) for name, value in decode_overrides.items()
                   if value is not None}
-        config_lib.override(config, dotted)  # ConfigError naming the flag
+        config_fields.override(config, dotted)  # ConfigError naming the flag
     for flag, path in (("--output_file", output_file), ("--attention_plot", attention_plot)):
         if path:
             _check_writable_folder(flag, path)

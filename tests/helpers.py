@@ -5,11 +5,12 @@ import dataclasses
 import numpy as np
 
 from flax_transformer import config as config_lib
+from flax_transformer import presets
 
 
 def micro_config(**train_overrides) -> config_lib.Config:
     """A very small model (fast to compile) with dropout off unless overridden."""
-    base = config_lib.get_config("tiny")
+    base = presets.get_config("tiny")
     model = dataclasses.replace(base.model, vocab_size=64, d_model=32, num_heads=2, d_ff=64,
                                 num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0,
                                 max_length=32)

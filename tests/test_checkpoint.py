@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from flax_transformer import checkpoint, training
-from flax_transformer import config as config_lib
+from flax_transformer import checkpoint, config_fields, training
 from tests.helpers import micro_config
 
 
@@ -113,8 +112,8 @@ def test_config_round_trip_and_differences(tmp_path):
     config = micro_config()
     checkpoint.save_config(str(tmp_path), config)
     assert checkpoint.load_config(str(tmp_path)) == config
-    other = config_lib.override(config, {"model.d_ff": "128", "train.num_steps": "7"})
-    assert checkpoint.config_differences(config, other) == ["model.d_ff: 64 -> 128"]
+    other = config_fields.override(config, {"model.d_ff": "128", "train.num_steps": "7"})
+    assert config_fields.config_differences(config, other) == ["model.d_ff: 64 -> 128"]
 
 
 def test_unwritable_workdir_is_refused_early(tmp_path):
@@ -126,7 +125,7 @@ def test_unwritable_workdir_is_refused_early(tmp_path):
 
 def test_checkpoint_of_another_model_is_refused_with_the_parameter(tmp_path, host_state):
     checkpoints = _save_steps(str(tmp_path), host_state, [1])
-    other_config = config_lib.override(micro_config(), {"model.d_ff": "128"})
+    other_config = config_fields.override(micro_config(), {"model.d_ff": "128"})
     other = jax.device_get(training.create_train_state(other_config, jax.random.key(0)))
     with pytest.raises(checkpoint.CheckpointError, match=r"does not fit the model.*d_ff|hidden"):
         checkpoints.restore(other)

@@ -1,14 +1,18 @@
-"""Presets, dotted overrides, validation errors and the JSON round trip."""
+"""Presets, dotted overrides, validation errors and the JSON round trip (config.py,
+presets.py, config_fields.py)."""
 
 import dataclasses
 
 import pytest
 
 from flax_transformer import config as config_lib
-from flax_transformer.config import ConfigError, get_config, override
+from flax_transformer import config_fields, presets
+from flax_transformer.config import ConfigError
+from flax_transformer.config_fields import override
+from flax_transformer.presets import get_config
 
 
-@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_presets_validate(name):
     config = get_config(name)
     assert config.validate() is config
@@ -16,7 +20,7 @@ def test_presets_validate(name):
 
 
 def test_paper_presets_have_paper_shapes():
-    base, big = config_lib.PRESETS["base"]().model, config_lib.PRESETS["big"]().model
+    base, big = presets.PRESETS["base"]().model, presets.PRESETS["big"]().model
     assert (base.d_model, base.num_heads, base.d_ff, base.dropout_rate) == (512, 8, 2048, 0.1)
     assert (base.num_encoder_layers, base.num_decoder_layers) == (6, 6)
     assert (big.d_model, big.num_heads, big.d_ff, big.dropout_rate) == (1024, 16, 4096, 0.3)
@@ -91,47 +95,47 @@ def test_configs_are_frozen():
 def test_json_round_trip(name):
     config = override(get_config(name), {"train.num_steps": "7", "train.cooldown_steps": "3",
                                           "model.norm": "pre_ln"})
-    restored = config_lib.from_json(config_lib.to_json(config))
+    restored = config_fields.from_json(config_fields.to_json(config))
     assert restored == config
     assert isinstance(restored.data.bucket_lengths, tuple)
 
 
 def test_from_json_refuses_unknown_keys():
-    text = config_lib.to_json(get_config("tiny")).replace('"d_model"', '"d_modle"')
+    text = config_fields.to_json(get_config("tiny")).replace('"d_model"', '"d_modle"')
     with pytest.raises(ConfigError, match="d_modle"):
-        config_lib.from_json(text)
+        config_fields.from_json(text)
 
 
 def test_every_field_has_help():
-    for dotted, _, _, help_text in config_lib.iter_fields(get_config("tiny")):
+    for dotted, _, _, help_text in config_fields.iter_fields(get_config("tiny")):
         assert help_text, dotted
 
 
 def test_a_config_json_from_before_model_kinds_loads_as_translation():
-    values = config_lib.to_dict(config_lib.get_config("tiny"))
+    values = config_fields.to_dict(get_config("tiny"))
     del values["model"]["kind"]
     del values["eval"]
-    old = config_lib.from_dict(values)
+    old = config_fields.from_dict(values)
     assert old.model.kind == "encoder_decoder" and old.eval == config_lib.EvalConfig()
-    assert old == config_lib.get_config("tiny")
+    assert old == get_config("tiny")
 
 
 def test_kind_presets_read_one_side_and_score_without_bleu():
-    lm, mlm = config_lib.get_config("lm"), config_lib.get_config("mlm")
+    lm, mlm = get_config("lm"), get_config("mlm")
     assert (lm.model.kind, lm.data.packing, lm.train.best_metric) == (
         "decoder_only", True, "perplexity")
     assert (mlm.model.kind, mlm.data.packing, mlm.train.best_metric) == (
         "encoder_only", False, "accuracy")
-    assert lm.model.monolingual and not config_lib.get_config("tiny").model.monolingual
+    assert lm.model.monolingual and not get_config("tiny").model.monolingual
     assert config_lib.EvalConfig(test_report="25").test_examples == 25
     assert config_lib.EvalConfig().test_examples == 0
 
 
 def test_config_json_written_before_the_decoding_controls_still_loads():
-    values = config_lib.to_dict(get_config("tiny"))
+    values = config_fields.to_dict(get_config("tiny"))
     for name in ("nbest", "num_samples", "min_length", "no_repeat_ngram_size"):
         del values["decode"][name]
-    decode = config_lib.from_dict(values).decode
+    decode = config_fields.from_dict(values).decode
     assert (decode.nbest, decode.num_samples, decode.min_length,
             decode.no_repeat_ngram_size) == (1, 1, 0, 0)
 

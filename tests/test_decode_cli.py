@@ -1,4 +1,5 @@
-"""decode.py and inference.py on a tiny trained run: inputs, order, scores, plots, bad input.
+"""decode.py, decode_command.py and inference.py on a tiny trained run: inputs, order,
+scores, plots, bad input.
 
 The run is a few steps of the micro model on a small number-words corpus (module fixture):
 the tests check mechanics (same outputs through every input path, order, counts, errors),
@@ -22,7 +23,7 @@ import sacrebleu
 from hypothesis import strategies as st
 
 import decode
-from flax_transformer import inference, loop, translate
+from flax_transformer import decode_command, inference, loop, translate
 from flax_transformer.data import number_words
 from tests.helpers import decode_fails, run_decode
 from tests.test_loop import _config, _write_corpus
@@ -132,10 +133,10 @@ def test_beam_and_sampling_flags_reach_the_search(run_dir, capsys):
 
 def test_attention_plot_draws_the_attention_weights(run_dir, restored, tmp_path, capsys):
     png = tmp_path / "attention.png"
-    request = inference.DecodeRequest(
+    request = decode_command.DecodeRequest(
         workdir=run_dir, inputs=("", "forty-two"), attention_plot=str(png),
         self_attention=True, decode_overrides={"method": "greedy"})
-    decoded = inference.run(request)
+    decoded = decode_command.run(request)
     err = capsys.readouterr().err
     paths = [png, tmp_path / "attention.encoder_self.png",
              tmp_path / "attention.decoder_self.png"]
@@ -236,10 +237,10 @@ def test_bad_input_files_exit_2_naming_the_problem(run_dir, tmp_path, capsys):
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 @hypothesis.given(text=st.text(max_size=60).filter(lambda text: text.count("\n") < 3))
 def test_random_unicode_never_crashes_and_keeps_one_line_per_line(restored, greedy, text):
-    lines = inference.split_lines(text.encode("utf-8"), "fuzz")
+    lines = decode_command.split_lines(text.encode("utf-8"), "fuzz")
     result = inference.translate_lines(restored, lines, greedy)
     written = io.StringIO()
-    inference.write_lines(result.translations, None, written)
+    decode_command.write_lines(result.translations, None, written)
     assert written.getvalue().count("\n") == len(lines) == len(result.translations)
     for line, translation in zip(lines, result.translations, strict=True):
         if not restored.tokenizer.encode(line):

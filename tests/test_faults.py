@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from flax_transformer import checkpoint, loop, training
+from flax_transformer import checkpoint, config_fields, loop, presets, report, stopping, training
 from flax_transformer import config as config_lib
 from tests.test_distributed import _args, _env
 from tests.test_loop import _config, _write_corpus
@@ -134,7 +134,7 @@ def test_corrupt_newest_is_moved_aside_and_training_continues(corpus, tmp_path, 
     config = _config(corpus, num_steps=6, checkpoint_every=3)
     loop.train_and_evaluate(config, workdir)
     _corrupt(os.path.join(workdir, "checkpoints", "6"))
-    longer = config_lib.override(config, {"train.num_steps": "9"})
+    longer = config_fields.override(config, {"train.num_steps": "9"})
     capsys.readouterr()
     loop.train_and_evaluate(longer, workdir)  # used to end in StepAlreadyExistsError
     err = capsys.readouterr().err
@@ -170,7 +170,7 @@ def test_garbage_metrics_file_is_ignored(corpus, tmp_path):
         handle.write(os.urandom(16))
     assert checkpoint.Checkpoints(workdir).best_step() == 2
     assert checkpoint.restore_params(workdir, _target(config), "best")[1] == 2
-    loop.train_and_evaluate(config_lib.override(config, {"train.num_steps": "6"}), workdir)
+    loop.train_and_evaluate(config_fields.override(config, {"train.num_steps": "6"}), workdir)
 
 
 # --------------------------------------------------------------------- 3. one job per workdir
@@ -196,12 +196,12 @@ def test_second_job_on_a_workdir_is_refused_naming_the_holder(corpus, tmp_path, 
     before = _checksums(workdir)
     with pytest.raises(checkpoint.CheckpointError,
                        match=rf"in use by process {holder.process.pid} on "):
-        loop.train_and_evaluate(config_lib.override(config, {"train.num_steps": "4"}), workdir)
+        loop.train_and_evaluate(config_fields.override(config, {"train.num_steps": "4"}), workdir)
     assert _checksums(workdir) == before
     # kill -9 releases the lock (the kernel drops a dead process's flock): never stale.
     holder.signal(signal.SIGKILL)
     holder.wait(timeout=60)
-    loop.train_and_evaluate(config_lib.override(config, {"train.num_steps": "4"}), workdir)
+    loop.train_and_evaluate(config_fields.override(config, {"train.num_steps": "4"}), workdir)
     assert checkpoint.Checkpoints(workdir).latest_step() == 4
 
 
@@ -226,7 +226,7 @@ def test_turning_ema_on_when_resuming_migrates(corpus, tmp_path, capsys):
     workdir = str(tmp_path / "run")
     config = _config(corpus, num_steps=3, checkpoint_every=3)
     loop.train_and_evaluate(config, workdir)
-    with_ema = config_lib.override(config, {"train.ema_decay": "0.99", "train.num_steps": "6",
+    with_ema = config_fields.override(config, {"train.ema_decay": "0.99", "train.num_steps": "6",
                                             "train.warmup_steps": "20"})
     loop.train_and_evaluate(with_ema, workdir)
     out = capsys.readouterr().out
@@ -239,7 +239,7 @@ def test_turning_ema_on_when_resuming_migrates(corpus, tmp_path, capsys):
     moved = max(float(np.abs(a - b).max())
                 for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(params), strict=True))
     assert moved > 0  # a real EMA, not a copy of the parameters
-    without = config_lib.override(with_ema, {"train.ema_decay": "0", "train.num_steps": "7"})
+    without = config_fields.override(with_ema, {"train.ema_decay": "0", "train.num_steps": "7"})
     loop.train_and_evaluate(without, workdir)
     assert "the saved EMA is dropped" in capsys.readouterr().out
 
@@ -253,7 +253,7 @@ def test_structure_changing_train_field_is_refused_and_nothing_changes(
     config = _config(corpus, num_steps=3, checkpoint_every=3)
     loop.train_and_evaluate(config, workdir)
     before = _checksums(workdir)
-    changed = config_lib.override(config, {f"train.{field}": value, "train.num_steps": "6"})
+    changed = config_fields.override(config, {f"train.{field}": value, "train.num_steps": "6"})
     with pytest.raises(loop.TrainingError, match=rf"train\.{field}: "):
         loop.train_and_evaluate(changed, workdir)
     assert _checksums(workdir) == before
@@ -266,7 +266,7 @@ def test_unreadable_checkpoints_leave_the_run_as_it_was(corpus, tmp_path):
     _corrupt(os.path.join(workdir, "checkpoints", "3"))
     before = _checksums(workdir)
     with pytest.raises(checkpoint.CheckpointError, match="none of the checkpoints"):
-        loop.train_and_evaluate(config_lib.override(config, {"train.num_steps": "6"}), workdir)
+        loop.train_and_evaluate(config_fields.override(config, {"train.num_steps": "6"}), workdir)
     assert _checksums(workdir) == before
 
 
@@ -304,7 +304,7 @@ def test_stop_during_averaging_and_test_report(corpus, tmp_path, monkeypatch, ca
     _stop_during(monkeypatch, checkpoint, "average_params")
     assert loop.main(config, workdir) == {}
     monkeypatch.undo()
-    _stop_during(monkeypatch, loop, "report_test")
+    _stop_during(monkeypatch, report, "report_test")
     assert loop.main(config, workdir) == {}
     assert "stopped during the test report" in capsys.readouterr().out
     monkeypatch.undo()
@@ -316,16 +316,16 @@ def test_second_stop_request_exits_at_once(monkeypatch):
     # In-process: two signals sent back to back coalesce in the kernel, so a subprocess
     # test could not make sure that the handler ran twice.
     exits = []
-    monkeypatch.setattr(loop.os, "_exit", exits.append)
-    stop = loop._Stop()
+    monkeypatch.setattr(stopping.os, "_exit", exits.append)
+    stop = stopping.Stop()
     stop(signal.SIGTERM, None)  # during training steps: noted, the loop saves and returns
     assert stop.requested and not exits
     stop(signal.SIGINT, None)
     assert exits == [128 + signal.SIGINT]
-    with pytest.raises(loop.StopRequested), stop.interruptible():
+    with pytest.raises(stopping.StopRequested), stop.interruptible():
         raise AssertionError("an interruptible phase must not start after a stop request")
-    fresh = loop._Stop()
-    with pytest.raises(loop.StopRequested), fresh.interruptible():
+    fresh = stopping.Stop()
+    with pytest.raises(stopping.StopRequested), fresh.interruptible():
         with fresh.interruptible():  # validation inside the final phase
             pass
         fresh(signal.SIGTERM, None)  # averaging etc. after it: still ended at once
@@ -337,11 +337,11 @@ def test_second_stop_request_exits_at_once(monkeypatch):
 def test_whole_loop_on_a_mocked_catalogue_dataset(tmp_path, capsys):
     import tensorflow_datasets as tfds
 
-    from flax_transformer import inference
+    from flax_transformer import decode_command
 
     workdir = str(tmp_path / "wmt")
     base = _config_micro()
-    config = config_lib.override(base, {
+    config = config_fields.override(base, {
         "data.dataset": "wmt14_translate/de-en", "data.source_language": "en",
         "data.target_language": "de", "data.tokens_per_batch": "640",
         "train.num_steps": "2", "train.eval_every": "2", "train.checkpoint_every": "2"})
@@ -349,11 +349,11 @@ def test_whole_loop_on_a_mocked_catalogue_dataset(tmp_path, capsys):
         results = loop.main(config, workdir)
     assert "test_bleu" in results and "bleu" in results
     assert checkpoint.Checkpoints(workdir).latest_step() == 2
-    request = inference.DecodeRequest(
+    request = decode_command.DecodeRequest(
         workdir=workdir, checkpoint="best", use_ema=False, inputs=("a b c",),
         input_file=None, output_file=str(tmp_path / "out.txt"), reference_file=None,
         attention_plot=None, self_attention=False, decode_overrides={})
-    inference.run(request)
+    decode_command.run(request)
     with open(tmp_path / "out.txt") as handle:
         assert len(handle.read().splitlines()) == 1
 
@@ -380,7 +380,7 @@ def test_catalogue_dataset_without_network_fails_within_seconds(tmp_path, monkey
     def unreachable(*args, **kwargs):
         raise OSError("Name or service not known")
     monkeypatch.setattr(sources.socket, "create_connection", unreachable)
-    config = config_lib.override(config_lib.get_config("tiny"),
+    config = config_fields.override(presets.get_config("tiny"),
                                  {"data.dataset": "wmt14_translate/de-en"})
     started = time.monotonic()
     with pytest.raises(data.DataError, match=r"network is unreachable.*data\.data_dir"):

@@ -9,8 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from flax_transformer import checkpoint, data, loop, training
-from flax_transformer import config as config_lib
+from flax_transformer import checkpoint, config_fields, data, loop, training
 from flax_transformer.data import number_words
 from tests.helpers import micro_config
 
@@ -57,7 +56,7 @@ def test_interrupted_run_resumes_bitwise(corpus, tmp_path):
     config = _config(corpus)
     loop.train_and_evaluate(config, straight)
     # Stop after the save at step 3, then rerun the full command on the same workdir.
-    loop.train_and_evaluate(config_lib.override(config, {"train.num_steps": "3"}), interrupted)
+    loop.train_and_evaluate(config_fields.override(config, {"train.num_steps": "3"}), interrupted)
     loop.train_and_evaluate(config, interrupted)
     for got, want in zip(jax.tree.leaves(_params(interrupted, config)),
                          jax.tree.leaves(_params(straight, config)), strict=True):
@@ -114,7 +113,7 @@ def test_different_model_config_is_refused_then_fresh_moves_it_aside(corpus, tmp
     workdir = str(tmp_path / "run")
     config = _config(corpus, num_steps=2, checkpoint_every=2)
     loop.train_and_evaluate(config, workdir)
-    changed = config_lib.override(config, {"model.d_ff": "32"})
+    changed = config_fields.override(config, {"model.d_ff": "32"})
     with pytest.raises(loop.TrainingError, match=r"model.d_ff: 64 -> 32"):
         loop.train_and_evaluate(changed, workdir)
     loop.train_and_evaluate(changed, workdir, fresh=True)
@@ -127,7 +126,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(corpus, tmp_
     config = _config(corpus, num_steps=2, checkpoint_every=2)
     loop.train_and_evaluate(config, workdir)
     # A learning rate this large overflows the parameters within a few steps.
-    exploding = config_lib.override(config, {"train.num_steps": "40",
+    exploding = config_fields.override(config, {"train.num_steps": "40",
                                              "train.learning_rate_scale": "1e30"})
     with pytest.raises(loop.TrainingError, match=r"not finite"):
         loop.train_and_evaluate(exploding, workdir)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_transformer import config as config_lib
+from flax_transformer import presets
 from flax_transformer.config import ModelConfig
 from flax_transformer.model import DecoderOnly, EncoderOnly, Transformer
 from flax_transformer.positions import positions_from_segments
@@ -266,7 +266,7 @@ def paper_parameter_count(model: ModelConfig) -> int:
 
 @pytest.mark.parametrize("preset, paper_millions", [("base", 65), ("big", 213)])
 def test_parameter_counts_of_paper_presets(preset, paper_millions):
-    model_config = dataclasses.replace(config_lib.PRESETS[preset]().model, vocab_size=37000)
+    model_config = dataclasses.replace(presets.PRESETS[preset]().model, vocab_size=37000)
     model_config.validate()
     tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
     shapes = jax.eval_shape(Transformer(model_config).init, jax.random.key(0), tokens, tokens)

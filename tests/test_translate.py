@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from flax_transformer import decoding, translate
-from flax_transformer.config import DecodeConfig, get_config
+from flax_transformer.config import DecodeConfig
 from flax_transformer.model import DecoderOnly, Transformer
+from flax_transformer.presets import get_config
 
 PAD, BOS, EOS = 0, 2, 3
 
