@@ -301,3 +301,24 @@ def test_attention_weights_are_distributions_over_real_source_tokens(seq2seq, gr
     assert cross.shape == (4, 2, greedy_outputs.shape[1], sources.shape[1])
     np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
     assert np.all(cross.transpose(0, 3, 1, 2)[np.asarray(sources == PAD)] == 0)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_a_sentence_never_translates_to_nothing(seq2seq, method):
+    """EOS is never the first output token, even where the model ranks it first at
+    every step (here: a huge EOS bias): the output is one token, then EOS."""
+    model, params, sources = seq2seq
+    def favour_eos(path, leaf):
+        if not jax.tree_util.keystr(path).endswith("['projection']['bias']"):
+            return leaf
+        return np.asarray(leaf) + 100.0 * (np.arange(leaf.shape[0]) == EOS)
+    eos_loving = jax.tree_util.tree_map_with_path(favour_eos, params)
+    assert not jax.tree.all(jax.tree.map(np.array_equal, eos_loving, params))
+    for min_length in (0, 1, 2):
+        found = translate.make_translate_fn(
+            model, _greedy_config(method=method, min_length=min_length), bos_id=BOS,
+            eos_id=EOS)(eos_loving, sources)
+        tokens = np.asarray(found.tokens[:, 0])                              # [B, T]
+        first_eos = max(min_length, 1)
+        assert np.all(tokens[:, :first_eos] != EOS) and np.all(tokens[:, :first_eos] != PAD)
+        assert np.all(tokens[:, first_eos] == EOS), tokens
