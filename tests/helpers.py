@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from flax_transformer import config as config_lib
 from flax_transformer import presets
@@ -65,6 +66,21 @@ def train_kind_run(tmp_path_factory, kind: str, steps: int = 2) -> str:
         tokenizer_sentences=1000, tokens_per_batch=640, max_length=16, bucket_lengths=(16,))
     loop.train_and_evaluate(dataclasses.replace(config, data=data).validate(), workdir)
     return workdir
+
+
+def kind_run_fixtures(kind: str):
+    """Module fixtures ``run_dir`` (train_kind_run of ``kind``) and ``restored`` (its
+    ``inference.restore``); a test file assigns both: ``run_dir, restored = ...``."""
+    @pytest.fixture(scope="module")
+    def run_dir(tmp_path_factory):
+        return train_kind_run(tmp_path_factory, kind)
+
+    @pytest.fixture(scope="module")
+    def restored(run_dir):
+        from flax_transformer import inference
+
+        return inference.restore(run_dir)
+    return run_dir, restored
 
 
 def run_decode(capsys, *argv):

@@ -10,23 +10,15 @@ import shutil
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from flax_transformer import fill_mask, inference
+from flax_transformer import fill_mask
 from flax_transformer.data import MASK_ID, MASK_PIECE
-from tests.helpers import decode_fails, run_decode, train_kind_run
+from tests.helpers import decode_fails, kind_run_fixtures, run_decode
 
 LINES = ["drei<mask>zwanzig", "sieben", "<mask>hundert<mask>", ""]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return train_kind_run(tmp_path_factory, "encoder_only")
-
-
-@pytest.fixture(scope="module")
-def restored(run_dir):
-    return inference.restore(run_dir)
+run_dir, restored = kind_run_fixtures("encoder_only")
 
 
 def _expected_fill(restored, line):

@@ -11,24 +11,16 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import pytest
 
-from flax_transformer import continuations, inference, language_model, training
+from flax_transformer import continuations, language_model, training
 from flax_transformer.config import DecodeConfig
 from flax_transformer.model import DecoderOnly
-from tests.helpers import decode_fails, run_decode, train_kind_run
+from tests.helpers import decode_fails, kind_run_fixtures, run_decode
 
 PROMPTS = ["drei", "siebenhundert", "zwei", "neunzehntausend"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return train_kind_run(tmp_path_factory, "decoder_only")
-
-
-@pytest.fixture(scope="module")
-def restored(run_dir):
-    return inference.restore(run_dir)
+run_dir, restored = kind_run_fixtures("decoder_only")
 
 
 def _uncached_greedy(model, params, prompt, steps, eos_id, pad_id):
