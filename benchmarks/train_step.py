@@ -88,6 +88,7 @@ def ours_session(spec: dict):
     config, batch = spec_config_and_batch(spec)
     strategy = parallel.make_strategy(config)
     state = strategy.put_state(training.create_train_state(config, jax.random.key(0)))
+    parallel.release_freed_host_memory()       # as train.py does after put_state
     batch = strategy.put_batch(batch)
     keys = iter(jax.random.split(jax.random.key(1, impl=spec["prng"]), 100_000))
 

@@ -326,11 +326,12 @@ def _train_locked(config: Config, workdir: str, fresh: bool, stop: stopping.Stop
     with stop.interruptible():
         run = _setup(config, workdir, stop)
     run.saved_config = saved
-    state = _initial_state(run)
+    state = run.strategy.put_state(_initial_state(run))   # the host copy is dropped here
+    parallel.release_freed_host_memory()
     _start_writing(run)
     _announce(run)
     try:
-        state = _train_steps(run, run.strategy.put_state(state))
+        state = _train_steps(run, state)
         with run.stop.interruptible():
             if not run.last_eval:  # resumed a finished run
                 _evaluate(run, state)

@@ -92,3 +92,31 @@ def test_pmap_dropout_differs_between_devices():
 
 def test_describe_devices_mentions_count():
     assert "4 device(s)" in parallel.describe_devices()
+
+
+def _buffer_addresses(state) -> list[int]:
+    return [shard.data.unsafe_buffer_pointer()
+            for leaf in jax.tree.leaves(state) for shard in leaf.addressable_shards]
+
+
+@pytest.mark.parametrize("parallelism", ["pmap", "mesh"])
+def test_the_first_step_writes_over_the_state_put_state_gave_it(parallelism):
+    """put_state copies into the runtime's own buffers, so even the first step donates them.
+
+    On a CPU, device_put of a NumPy array borrows its memory, which a step cannot take
+    over: the first step then held two states at once (+0.7 GiB at base). The caller's
+    host state must stay as it was.
+    """
+    config = micro_config(parallelism=parallelism)
+    host = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    host_before = jax.tree.map(np.copy, host)
+    strategy = parallel.make_strategy(config)
+    state = strategy.put_state(host)
+    given = _buffer_addresses(state)
+    batch = strategy.put_batch(random_batch(np.random.default_rng(0), rows=8))
+    state, _ = strategy.train_step(state, batch, jax.random.key(1))
+    assert _buffer_addresses(state) == given
+    jax.tree.map(np.testing.assert_array_equal, host, host_before)
+    parallel.release_freed_host_memory()       # safe at any time; frees nothing in use
+    state, _ = strategy.train_step(state, batch, jax.random.key(2))
+    assert _buffer_addresses(state) == given

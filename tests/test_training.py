@@ -241,3 +241,18 @@ def test_flops_formula_of_the_other_kinds_matches_xla(kind):
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     formula = training.train_flops_per_step(config.model, 8, 16, 16)
     assert 0.5 * formula < analysis["flops"] < 3.0 * formula
+
+
+@pytest.mark.parametrize("devices, sums", ((1, False), (4, True)))
+def test_the_step_sums_across_devices_only_when_there_are_several(devices, sums):
+    """pmap over one device (a machine with one CPU or GPU) has nothing to sum.
+
+    XLA:CPU keeps even a one-device all-reduce, with its own copy of every gradient.
+    """
+    config = micro_config()
+    state = training.train_state_shapes(config)
+    batch = random_batch(np.random.default_rng(0), rows=2)
+    jaxpr = jax.make_jaxpr(
+        lambda s, b, r: training.train_step(s, b, r, config=config, axis_name="data"),
+        axis_env=[("data", devices)])(state, batch, jax.random.key(0))
+    assert ("psum" in str(jaxpr)) == sums
