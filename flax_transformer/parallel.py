@@ -223,10 +223,14 @@ def release_freed_host_memory() -> None:
     Call it after ``put_state`` once the host state is dropped: the host copy and the
     temporaries of an op-by-op initialisation are freed into the allocator's heap, which
     keeps them, and the train step's own temporaries would come on top (base: 0.4 GiB of
-    a 2.9 GiB peak). A no-op where the C library has no ``malloc_trim`` (macOS, musl).
+    a 2.9 GiB peak). A no-op where the C library has no ``malloc_trim`` (macOS, musl,
+    Windows).
     """
     gc.collect()           # a dropped state can sit in a reference cycle until collected
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):      # no C library loadable by that name (Windows)
+        return
     if trim is not None:
         trim(0)
 
