@@ -235,7 +235,7 @@ class DecodeConfig:
     nbest: int = _field(1, "beam search: output the N best hypotheses (N <= beam_size)")
     num_samples: int = _field(1, "sampling: output this many independent samples per input")
     min_length: int = _field(0, "EOS forbidden before this many output tokens (every "
-                                "method)")
+                                "method; a translation has at least 1 token)")
     no_repeat_ngram_size: int = _field(0, "no n-gram of this size twice in an output "
                                           "(every method); 0 = off")
 

@@ -179,7 +179,7 @@ def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
 
 def _psum(tree: Any, axis_name: str | None) -> Any:
     # Over one device (pmap on a machine with one CPU or GPU) the sum is the tree itself;
-    # XLA:CPU would still run the all-reduce, with a copy of every gradient (+0.3 GB of
+    # XLA:CPU would still run the all-reduce, with a copy of every gradient (+0.2 GB of
     # temporaries at base). The axis size is global: it counts every process's devices.
     if axis_name is None or jax.lax.axis_size(axis_name) == 1:
         return tree
