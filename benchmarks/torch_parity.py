@@ -29,7 +29,7 @@ from torch import nn
 
 from flax_transformer import training
 from flax_transformer.config import Config, DataConfig, ModelConfig
-from flax_transformer.model import Transformer
+from flax_transformer.model import Transformer, stack_layers
 from flax_transformer.training import learning_rate_schedule
 
 PAD_ID, BOS_ID = 0, 2
@@ -245,8 +245,13 @@ def copied_models(config: Config, rows: int, length: int, seed: int = 0):
     source, target = random_batch(np.random.default_rng(seed), rows, length, length,
                                   config.model.vocab_size)
     ours = Transformer(config.model)
-    shapes = jax.eval_shape(ours.init, jax.random.key(0), source, target)["params"]
-    return model, ours, copy_weights(model, shapes), source, target
+    unrolled = dataclasses.replace(config.model, scan_layers=False)    # torch's own layout
+    shapes = jax.eval_shape(Transformer(unrolled).init, jax.random.key(0), source,
+                            target)["params"]
+    params = copy_weights(model, shapes)
+    if config.model.scan_layers:
+        params = stack_layers(params, unrolled)
+    return model, ours, params, source, target
 
 
 def check_logits(config: Config, tolerance: float = 1e-5, rows: int = 3,

@@ -132,7 +132,8 @@ def config_differences(saved: Config, new: Config) -> list[str]:
         old_values = to_dict(saved)[section]
         new_values = to_dict(new)[section]
         for key in sorted(old_values):
-            if key in ("num_workers", "eval_examples"):
+            # scan_layers is the layout of the same parameters: a run keeps its own.
+            if key in ("num_workers", "eval_examples", "scan_layers"):
                 continue
             if old_values[key] != new_values.get(key):
                 differences.append(

@@ -309,6 +309,24 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
             checkpoint.unlock_workdir(workdir)
 
 
+def _saved_layout(config: Config, saved: Config | None) -> Config:
+    """A resumed run keeps the layer layout its checkpoints were written in.
+
+    ``model.scan_layers`` stores the same parameters stacked or one layer at a time; the
+    checkpoints (and their averages) of one run share one layout, so a resume asking for
+    the other one (e.g. a run from before a preset scanned its layers) continues in the
+    saved one, and says so.
+    """
+    if saved is None or saved.model.scan_layers == config.model.scan_layers:
+        return config
+    if jax.process_index() == 0:
+        print(f"resuming in the run's own layer layout: model.scan_layers="
+              f"{saved.model.scan_layers} (as saved; {config.model.scan_layers} applies to "
+              "new runs, e.g. with --fresh or another --workdir)")
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, scan_layers=saved.model.scan_layers))
+
+
 def _lock(workdir: str) -> None:
     """One training job per workdir: process 0 holds the lock for all processes."""
     error = None
@@ -323,6 +341,7 @@ def _lock(workdir: str) -> None:
 
 def _train_locked(config: Config, workdir: str, fresh: bool, stop: stopping.Stop) -> dict:
     saved = prepare_workdir(config, workdir, fresh)
+    config = _saved_layout(config, saved)
     with stop.interruptible():
         run = _setup(config, workdir, stop)
     run.saved_config = saved

@@ -15,7 +15,12 @@ gather.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from flax_transformer import masks
@@ -25,51 +30,170 @@ from flax_transformer.layers import DecoderLayer, Embedder, EncoderLayer, dense,
 Array = jnp.ndarray
 
 
+class _ScannedEncoderLayer(EncoderLayer):
+    """An EncoderLayer in the (carry, x) -> (carry, y) form of nn.scan."""
+
+    def __call__(self, hidden: Array, mask: Array, deterministic: bool) -> tuple[Array, None]:
+        return super().__call__(hidden, mask, deterministic), None
+
+
+class _ScannedDecoderLayer(DecoderLayer):
+    """A DecoderLayer (without cache) in the (carry, x) -> (carry, y) form of nn.scan."""
+
+    def __call__(self, hidden: Array, encoded: Array | None, self_mask: Array,
+                 cross_mask: Array | None, deterministic: bool) -> tuple[Array, None]:
+        return super().__call__(hidden, encoded, self_mask, cross_mask, deterministic)[0], None
+
+
+def _scanned(layer: type[nn.Module], num_layers: int, num_inputs: int) -> type[nn.Module]:
+    """``layer`` applied num_layers times by one jax.lax.scan: its parameters (and sown
+    intermediates) gain a leading layer axis [N, ...], each layer draws its own dropout,
+    and every input but the carried hidden state is the same for all layers."""
+    return nn.scan(layer, variable_axes={"params": 0, "intermediates": 0},
+                   split_rngs={"params": True, "dropout": True},
+                   in_axes=(nn.broadcast,) * num_inputs, length=num_layers)
+
+
+def _layer_params(stacked: Any, index: int) -> Any:
+    """Layer ``index`` of a scanned stack's parameters [N, ...] -> that layer's [...]."""
+    return jax.tree.map(lambda leaf: leaf[index], stacked)
+
+
 class EncoderStack(nn.Module):
-    """N encoder layers (+ a final LayerNorm for pre-LN, whose residual stream is raw)."""
+    """N encoder layers (+ a final LayerNorm for pre-LN, whose residual stream is raw).
+
+    The layers are "layer_0" … "layer_{N-1}", or with ``config.scan_layers`` one scanned
+    "layers" whose parameters are stacked [N, ...] (``stack_layers`` converts).
+    """
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, hidden: Array, mask: Array, deterministic: bool = True) -> Array:
-        for index in range(self.config.num_encoder_layers):
-            hidden = EncoderLayer(self.config, name=f"layer_{index}")(hidden, mask, deterministic)
-        if self.config.norm == "pre_ln":
-            hidden = layer_norm(self.config)(hidden)
+        config = self.config
+        if config.scan_layers:
+            layers = _scanned(_ScannedEncoderLayer, config.num_encoder_layers, 2)
+            hidden, _ = layers(config, name="layers")(hidden, mask, deterministic)
+        else:
+            for index in range(config.num_encoder_layers):
+                hidden = EncoderLayer(config, name=f"layer_{index}")(hidden, mask, deterministic)
+        if config.norm == "pre_ln":
+            hidden = layer_norm(config)(hidden)
         return hidden
 
 
 class DecoderStack(nn.Module):
-    """N decoder layers, with or without cross-attention, over a block of any length."""
+    """N decoder layers, with or without cross-attention, over a block of any length.
+
+    With ``config.scan_layers`` the layers are one scanned "layers" (parameters [N, ...]);
+    training runs the scan, and a call with caches (decoding) runs the layers one by one
+    on slices of the stacked parameters, so the caches keep their per-layer layout.
+    """
 
     config: ModelConfig
     cross_attention: bool = True
 
     def setup(self):
-        self.layers = [DecoderLayer(self.config, self.cross_attention, name=f"layer_{index}")
-                       for index in range(self.config.num_decoder_layers)]
-        if self.config.norm == "pre_ln":
-            self.final_norm = layer_norm(self.config)
+        config = self.config
+        if config.scan_layers:
+            self.scanned_layers = _scanned(_ScannedDecoderLayer, config.num_decoder_layers, 4)(
+                config, self.cross_attention, name="layers")
+        else:
+            self.layers = [DecoderLayer(config, self.cross_attention, name=f"layer_{index}")
+                           for index in range(config.num_decoder_layers)]
+        if config.norm == "pre_ln":
+            self.final_norm = layer_norm(config)
+
+    def _layer_calls(self) -> list:
+        """One callable per layer: ``call(method, *args)`` runs DecoderLayer.method."""
+        if not self.config.scan_layers:
+            return [functools.partial(_call_bound, layer) for layer in self.layers]
+        stacked = self.scanned_layers.variables["params"]
+        layer = DecoderLayer(self.config, self.cross_attention, parent=None)   # unbound
+        return [functools.partial(_call_unbound, layer, _layer_params(stacked, index))
+                for index in range(self.config.num_decoder_layers)]
 
     def __call__(self, hidden: Array, encoded: Array | None, self_mask: Array,
                  cross_mask: Array | None, deterministic: bool = True,
                  caches: tuple[dict, ...] | None = None,
                  cache_index: Array | None = None) -> tuple[Array, tuple[dict, ...] | None]:
         """hidden [B, T, D] -> [B, T, D] and the layer caches (None without them)."""
-        new_caches = []
-        for index, layer in enumerate(self.layers):
-            hidden, layer_cache = layer(hidden, encoded, self_mask, cross_mask, deterministic,
-                                        None if caches is None else caches[index], cache_index)
-            new_caches.append(layer_cache)
+        if self.config.scan_layers and caches is None:
+            hidden, _ = self.scanned_layers(hidden, encoded, self_mask, cross_mask,
+                                            deterministic)
+            new_caches = None
+        else:
+            new_caches = []
+            for index, call in enumerate(self._layer_calls()):
+                hidden, layer_cache = call(
+                    "__call__", hidden, encoded, self_mask, cross_mask, deterministic,
+                    None if caches is None else caches[index], cache_index)
+                new_caches.append(layer_cache)
+            new_caches = None if caches is None else tuple(new_caches)
         if self.config.norm == "pre_ln":
             hidden = self.final_norm(hidden)
-        return hidden, (None if caches is None else tuple(new_caches))
+        return hidden, new_caches
 
     def init_caches(self, batch_size: int, cache_length: int,
                     encoded: Array | None) -> tuple[dict, ...]:
         """One cache per layer (see DecoderLayer.init_cache)."""
-        return tuple(layer.init_cache(batch_size, cache_length, encoded)
-                     for layer in self.layers)
+        return tuple(call("init_cache", batch_size, cache_length, encoded)
+                     for call in self._layer_calls())
+
+
+def _call_bound(layer: nn.Module, method: str, *args):
+    return getattr(layer, method)(*args)
+
+
+def _call_unbound(layer: nn.Module, params: Any, method: str, *args):
+    return layer.apply({"params": params}, *args, method=method)
+
+
+def stack_layers(params: Any, model_config: ModelConfig) -> Any:
+    """Parameters with "layer_0" … "layer_{N-1}" per stack -> the scanned layout.
+
+    Each stack's layers become one "layers" entry whose leaves are stacked [N, ...]: the
+    parameters of a ``scan_layers`` model with the same numbers. ``unstack_layers`` is the
+    inverse. Both leave everything outside the stacks as it is.
+    """
+    params = dict(params)
+    for stack, count in _stacks(params, model_config):
+        layers = dict(params[stack])
+        per_layer = [layers.pop(f"layer_{index}") for index in range(count)]
+        layers["layers"] = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_layer)
+        params[stack] = layers
+    return params
+
+
+def unstack_layers(params: Any, model_config: ModelConfig) -> Any:
+    """The scanned layout (see ``stack_layers``) -> "layer_0" … "layer_{N-1}" per stack."""
+    params = dict(params)
+    for stack, count in _stacks(params, model_config):
+        layers = dict(params[stack])
+        stacked = layers.pop("layers")
+        layers.update({f"layer_{index}": _layer_params(stacked, index)
+                       for index in range(count)})
+        params[stack] = layers
+    return params
+
+
+def unrolled(model: nn.Module, params: Any) -> tuple[nn.Module, Any]:
+    """The same model and parameters in the unrolled layout ("layer_0" … per stack).
+
+    Searches call this first: decoding a scanned stack would slice every layer's
+    parameters out of the stacked ones at each output token (measured: 1.36 against
+    0.87-1.1 s for 8 greedy base sentences on a 2-core CPU), unstacking once does not.
+    """
+    if not model.config.scan_layers:
+        return model, params
+    config = dataclasses.replace(model.config, scan_layers=False)
+    return type(model)(config), unstack_layers(params, model.config)
+
+
+def _stacks(params: Any, model_config: ModelConfig) -> list[tuple[str, int]]:
+    counts = {"encoder": model_config.num_encoder_layers,
+              "decoder": model_config.num_decoder_layers}
+    return [(stack, count) for stack, count in counts.items() if stack in params]
 
 
 class _OutputProjection(nn.Module):

@@ -20,7 +20,7 @@ import optax
 from flax_transformer import losses, masking
 from flax_transformer.config import Config, ModelConfig, TrainConfig
 from flax_transformer.data.tokenizer import MASK_ID
-from flax_transformer.model import DecoderOnly, EncoderOnly, Transformer
+from flax_transformer.model import DecoderOnly, EncoderOnly, Transformer, stack_layers
 
 Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, tuple[jnp.ndarray, jnp.ndarray]]
@@ -146,7 +146,14 @@ KINDS = {
 
 def init_params(model_config: ModelConfig, rng: jax.Array, length: int = 8) -> Any:
     """Initial parameters of the model of ``model_config.kind`` (shapes do not depend on
-    length)."""
+    length).
+
+    A ``scan_layers`` model starts from the same numbers as its unrolled twin: the layers
+    are initialised one by one and stacked.
+    """
+    if model_config.scan_layers:
+        unrolled = dataclasses.replace(model_config, scan_layers=False)
+        return stack_layers(init_params(unrolled, rng, length), unrolled)
     kind = KINDS[model_config.kind]
     tokens = jnp.ones((1, length), jnp.int32)
     return kind.module(model_config).init(rng, *kind.init_inputs(tokens))["params"]

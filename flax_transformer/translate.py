@@ -26,6 +26,7 @@ import numpy as np
 from flax_transformer import decoding
 from flax_transformer.config import DecodeConfig, ModelConfig
 from flax_transformer.data import batching
+from flax_transformer.model import unrolled
 
 Array = jnp.ndarray
 
@@ -47,6 +48,7 @@ def seq2seq_decoder(model: Any, params: Any, source_tokens: Array,
       (tokens_to_logits, initial cache): self-attention K/V buffers [B, max_length, H, K]
       and the cross-attention K/V computed once; every cache leaf has B leading.
     """
+    model, params = unrolled(model, params)
     variables = {"params": params}
     encoded = model.apply(variables, source_tokens, method="encode")         # [B, S, D]
     cache = model.apply(variables, encoded, source_tokens, max_length, method="init_cache")
@@ -69,6 +71,7 @@ def lm_decoder(model: Any, params: Any, batch_size: int, max_length: int
       (tokens_to_logits, prompt_to_cache, empty cache); prompt_to_cache is one
       ``extend`` over a whole [B, P] prompt (see decoding.prefill).
     """
+    model, params = unrolled(model, params)
     variables = {"params": params}
     cache = model.apply(variables, batch_size, max_length, method="init_cache")
 
@@ -264,7 +267,9 @@ def attention_weights(model: Any, params: Any, source_tokens: Array, output_toke
     """
     target_input = jnp.concatenate(
         [jnp.full_like(output_tokens[:, :1], bos_id), output_tokens[:, :-1]], axis=1)
-    # Only the reference attention records its weights; the fused ones have none.
+    # Only the reference attention records its weights, the fused ones have none; the
+    # unrolled layout records them per layer (a scanned stack would sow them stacked).
+    model, params = unrolled(model, params)
     model = type(model)(dataclasses.replace(model.config, attention="reference"))
     _, state = model.apply({"params": params}, source_tokens, target_input,
                            mutable=["intermediates"])

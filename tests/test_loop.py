@@ -153,3 +153,27 @@ def test_logged_model_flops_are_flops_per_step_times_steps_per_second(corpus, tm
         expected = per_step * steps_per_second
         assert line["model_tflops_per_second"] * 1e12 == pytest.approx(expected, rel=0.05)
         assert line["mfu"] == pytest.approx(line["model_tflops_per_second"] * 1e12 / 1e12)
+
+
+def test_a_resume_keeps_the_layer_layout_its_checkpoints_have(corpus, tmp_path, capsys):
+    """A scanned run resumed with scan_layers off (e.g. a preset changed since) continues
+    in its own layout, says so, and ends as the uninterrupted run does."""
+    config = _config(corpus)
+    scanned = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, num_decoder_layers=2, scan_layers=True))
+    unrolled = dataclasses.replace(scanned, model=dataclasses.replace(
+        scanned.model, scan_layers=False))
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    loop.train_and_evaluate(scanned, straight)
+    loop.train_and_evaluate(config_fields.override(scanned, {"train.num_steps": "3"}),
+                            interrupted)
+    capsys.readouterr()
+    loop.train_and_evaluate(unrolled, interrupted)
+    assert "resuming in the run's own layer layout: model.scan_layers=True" in (
+        capsys.readouterr().out)
+    assert checkpoint.load_config(interrupted).model.scan_layers
+    params = _params(interrupted, scanned)
+    assert set(params["decoder"]) == {"layers"}
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(_params(straight, scanned)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 
 from flax_transformer import presets
 from flax_transformer.config import ModelConfig
-from flax_transformer.model import DecoderOnly, EncoderOnly, Transformer
+from flax_transformer.layers import Dropout
+from flax_transformer.model import (
+    DecoderOnly,
+    EncoderOnly,
+    Transformer,
+    stack_layers,
+    unstack_layers,
+)
 from flax_transformer.positions import positions_from_segments
 
 VOCAB = 23
@@ -353,3 +361,106 @@ def test_xla_attention_gives_the_reference_logits_and_gradients(norm):
     theirs = jax.grad(functools.partial(loss, reference_model.apply))(variables["params"])
     for leaf, reference_leaf in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         assert _max_diff(leaf, reference_leaf) <= 1e-5 * float(jnp.max(jnp.abs(reference_leaf)))
+
+
+# ----------------------------------------------------------------- scanned layers
+
+
+EXAMPLES = {Transformer: (SOURCE, TARGET), DecoderOnly: (TARGET,), EncoderOnly: (SOURCE,)}
+
+
+def _scanned_twin(kind, config):
+    """(unrolled model, variables, scanned model, the same variables stacked)."""
+    model, variables, _ = build(kind, config)
+    scanned = kind(dataclasses.replace(config, scan_layers=True))
+    return model, variables, scanned, {"params": stack_layers(variables["params"], config)}
+
+
+@pytest.mark.parametrize("kind", [Transformer, DecoderOnly, EncoderOnly])
+def test_stacked_parameters_are_the_scanned_models_tree(kind):
+    config = small_config(num_encoder_layers=3, num_decoder_layers=2)
+    _, variables, scanned, stacked = _scanned_twin(kind, config)
+    shapes = jax.eval_shape(scanned.init, jax.random.key(0), *EXAMPLES[kind])["params"]
+    assert jax.tree.structure(shapes) == jax.tree.structure(stacked["params"])
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, stacked["params"])
+    for stack in ("encoder", "decoder"):
+        if stack in shapes:
+            assert set(shapes[stack]) - {"LayerNorm_0", "final_norm"} == {"layers"}
+    back = unstack_layers(stacked["params"], config)
+    assert jax.tree.structure(back) == jax.tree.structure(variables["params"])
+    for leaf, original in zip(jax.tree.leaves(back), jax.tree.leaves(variables["params"]),
+                              strict=True):
+        np.testing.assert_array_equal(leaf, original)
+
+
+@pytest.mark.parametrize("kind, norm", [(Transformer, "post_ln"), (Transformer, "pre_ln"),
+                                        (DecoderOnly, "pre_ln"), (EncoderOnly, "post_ln")])
+def test_scanned_layers_give_the_unrolled_outputs_and_gradients(kind, norm):
+    """config.scan_layers changes how the layers run, not what they compute."""
+    config = small_config(norm=norm, num_encoder_layers=2, num_decoder_layers=3)
+    model, variables, scanned, stacked = _scanned_twin(kind, config)
+
+    def loss(module, params):
+        outputs = module.apply({"params": params}, *EXAMPLES[kind])
+        return sum(jnp.sum(output ** 2) for output in jax.tree.leaves(outputs))
+
+    expected = jax.jit(model.apply)(variables, *EXAMPLES[kind])
+    outputs = jax.jit(scanned.apply)(stacked, *EXAMPLES[kind])
+    for leaf, reference in zip(jax.tree.leaves(outputs), jax.tree.leaves(expected),
+                               strict=True):
+        assert _max_diff(leaf, reference) <= 1e-6 * float(jnp.max(jnp.abs(reference)))
+    ours = jax.jit(jax.grad(functools.partial(loss, scanned)))(stacked["params"])
+    theirs = jax.jit(jax.grad(functools.partial(loss, model)))(variables["params"])
+    theirs = stack_layers(theirs, config)
+    for leaf, reference in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert _max_diff(leaf, reference) <= 1e-5 * float(jnp.max(jnp.abs(reference)))
+
+
+def test_scanned_transformer_decodes_with_the_unrolled_cache():
+    """Decoding runs the scanned stack layer by layer: same per-layer caches, same logits."""
+    config = small_config(num_decoder_layers=3)
+    model, variables, scanned, stacked = _scanned_twin(Transformer, config)
+
+    def cached(module, variables):
+        encoded = module.apply(variables, SOURCE, method="encode")
+        cache = module.apply(variables, encoded, SOURCE, TARGET.shape[1] + 1,
+                             method="init_cache")
+        return _one_position_at_a_time(module, variables, cache, TARGET), cache
+
+    (logits, cache), (expected, expected_cache) = (jax.jit(cached, static_argnums=0)(*pair)
+                                                   for pair in ((scanned, stacked),
+                                                                (model, variables)))
+    assert jax.tree.structure(cache) == jax.tree.structure(expected_cache)
+    assert len(cache["layers"]) == 3
+    _assert_close_at_non_pad(logits, expected, TARGET, "scanned Transformer")
+    _assert_close_at_non_pad(logits, scanned.apply(stacked, SOURCE, TARGET), TARGET,
+                             "scanned Transformer vs its own parallel decoder")
+
+
+def test_scanned_layers_draw_their_own_dropout():
+    """Each scanned layer draws its own dropout masks (split_rngs), as unrolled layers do."""
+    config = small_config(num_encoder_layers=2, dropout_rate=0.5)
+    _, _, scanned, stacked = _scanned_twin(EncoderOnly, config)
+
+    def record_masks(next_fun, args, kwargs, context):
+        outputs = next_fun(*args, **kwargs)
+        if isinstance(context.module, Dropout) and context.method_name == "__call__":
+            context.module.sow("intermediates", "kept", outputs != 0)
+        return outputs
+
+    def kept(key):
+        with nn.intercept_methods(record_masks):
+            _, state = scanned.apply(stacked, SOURCE, deterministic=False,
+                                     rngs={"dropout": key}, mutable=["intermediates"])
+        layers = state["intermediates"]["encoder"]["layers"]
+        return [residual["dropout"]["kept"][0] for residual in
+                (layers["attention_residual"], layers["feed_forward_residual"])]
+
+    masks = kept(jax.random.key(1))           # [N=2, B, S, D] each
+    for mask in masks:
+        assert mask.shape[0] == 2 and 0.3 < float(jnp.mean(mask)) < 0.7
+        assert float(jnp.mean(mask[0] != mask[1])) > 0.3      # layer 1 ≠ layer 0
+    again, other = kept(jax.random.key(1)), kept(jax.random.key(2))
+    for mask, same, different in zip(masks, again, other, strict=True):
+        np.testing.assert_array_equal(mask, same)
+        assert float(jnp.mean(mask != different)) > 0.3

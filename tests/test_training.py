@@ -12,6 +12,7 @@ import pytest
 
 from flax_transformer import training
 from flax_transformer.config import ConfigError
+from flax_transformer.model import stack_layers
 from tests.helpers import kind_config, micro_config, random_batch
 
 
@@ -256,3 +257,31 @@ def test_the_step_sums_across_devices_only_when_there_are_several(devices, sums)
         lambda s, b, r: training.train_step(s, b, r, config=config, axis_name="data"),
         axis_env=[("data", devices)])(state, batch, jax.random.key(0))
     assert ("psum" in str(jaxpr)) == sums
+
+
+def test_a_scanned_model_starts_from_and_trains_like_its_unrolled_twin():
+    """scan_layers: the same initial numbers (stacked) and the same steps."""
+    config = micro_config(learning_rate_scale=1.0)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, num_encoder_layers=2, num_decoder_layers=3))
+    scanned = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                    scan_layers=True))
+    states = [training.create_train_state(c, jax.random.key(0)) for c in (config, scanned)]
+    stacked = stack_layers(states[0].params, config.model)
+    assert jax.tree.structure(states[1].params) == jax.tree.structure(stacked)
+    for leaf, expected in zip(jax.tree.leaves(states[1].params), jax.tree.leaves(stacked),
+                              strict=True):
+        np.testing.assert_array_equal(leaf, expected)
+    batch = random_batch(np.random.default_rng(0))
+    losses = [[], []]
+    for index, c in enumerate((config, scanned)):
+        step = jax.jit(lambda s, b, c=c: training.train_step(s, b, jax.random.key(0), config=c))
+        for _ in range(3):
+            states[index], metrics = step(states[index], batch)
+            losses[index].append(training.summarize(metrics)["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    assert losses[0][-1] < losses[0][0]
+    for leaf, expected in zip(jax.tree.leaves(states[1].params),
+                              jax.tree.leaves(stack_layers(states[0].params, config.model)),
+                              strict=True):
+        np.testing.assert_allclose(leaf, expected, atol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 
 from flax_transformer import decoding, translate
 from flax_transformer.config import DecodeConfig
-from flax_transformer.model import DecoderOnly, Transformer
+from flax_transformer.model import DecoderOnly, Transformer, stack_layers
 from flax_transformer.presets import get_config
 
 PAD, BOS, EOS = 0, 2, 3
@@ -322,3 +322,39 @@ def test_a_sentence_never_translates_to_nothing(seq2seq, method):
         first_eos = max(min_length, 1)
         assert np.all(tokens[:, :first_eos] != EOS) and np.all(tokens[:, :first_eos] != PAD)
         assert np.all(tokens[:, first_eos] == EOS), tokens
+
+
+# --------------------------------------------------------------------------- scanned layers
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_a_scanned_model_translates_as_its_unrolled_twin(seq2seq, method):
+    model, params, sources = seq2seq
+    scanned = Transformer(dataclasses.replace(model.config, scan_layers=True))
+    stacked = stack_layers(params, model.config)
+    config = _greedy_config(method=method, beam_size=3)
+    expected = translate.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS)(
+        params, sources)
+    found = translate.make_translate_fn(scanned, config, bos_id=BOS, eos_id=EOS)(
+        stacked, sources)
+    np.testing.assert_array_equal(found.tokens, expected.tokens)
+    np.testing.assert_allclose(found.scores, expected.scores, rtol=1e-5)
+    maps = _jitted(translate.attention_weights, scanned, stacked, sources,
+                   found.tokens[:, 0], bos_id=BOS)
+    want = _jitted(translate.attention_weights, model, params, sources,
+                   expected.tokens[:, 0], bos_id=BOS)
+    for name in want:
+        assert len(maps[name]) == len(want[name])
+        for got, reference in zip(maps[name], want[name], strict=True):
+            np.testing.assert_allclose(got, reference, atol=1e-6)
+
+
+def test_a_scanned_language_model_continues_as_its_unrolled_twin(language_model):
+    model, params, prompts = language_model
+    scanned = DecoderOnly(dataclasses.replace(model.config, scan_layers=True))
+    config = _greedy_config(max_extra_length=6)
+    expected = _jitted(translate.continue_prompt, model, params, prompts, config,
+                       eos_id=EOS)
+    found = _jitted(translate.continue_prompt, scanned, stack_layers(params, model.config),
+                    prompts, config, eos_id=EOS)
+    np.testing.assert_array_equal(found.tokens, expected.tokens)
