@@ -50,9 +50,9 @@ class ModelConfig:
                                          "records attention weights), 'xla' or 'cudnn' "
                                          "(jax.nn.dot_product_attention; cudnn: flash "
                                          "attention on NVIDIA GPUs, bfloat16)")
-    scan_layers: bool = _field(False, "run each stack's N identical layers as one jax.lax.scan "
-                                      "(parameters stacked on a leading layer axis): one "
-                                      "layer to compile instead of N")
+    scan_layers: bool = _field(False, "run each stack's N identical layers as one nn.scan "
+                                      "(parameters stacked [N, ...]): one layer to compile "
+                                      "instead of N, steps ~10% slower on CPU (README)")
 
     def validate(self) -> None:
         _one_of(self, "kind", KINDS)

@@ -314,8 +314,7 @@ def _saved_layout(config: Config, saved: Config | None) -> Config:
 
     ``model.scan_layers`` stores the same parameters stacked or one layer at a time; the
     checkpoints (and their averages) of one run share one layout, so a resume asking for
-    the other one (e.g. a run from before a preset scanned its layers) continues in the
-    saved one, and says so.
+    the other one continues in the saved one, and says so.
     """
     if saved is None or saved.model.scan_layers == config.model.scan_layers:
         return config

@@ -21,14 +21,11 @@ from flax_transformer.config import (
 
 
 def _base() -> Config:
-    # Six identical layers per stack: scanned, they compile as one (first step 10 -> 6 s
-    # on a 2-core CPU, benchmarks/README.md), at the same step time.
-    return Config(name="base", model=ModelConfig(scan_layers=True))
+    return Config(name="base")
 
 
 def _big() -> Config:
-    model = ModelConfig(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3,
-                        scan_layers=True)
+    model = ModelConfig(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3)
     return Config(name="big", model=model)
 
 

@@ -156,8 +156,8 @@ def test_logged_model_flops_are_flops_per_step_times_steps_per_second(corpus, tm
 
 
 def test_a_resume_keeps_the_layer_layout_its_checkpoints_have(corpus, tmp_path, capsys):
-    """A scanned run resumed with scan_layers off (e.g. a preset changed since) continues
-    in its own layout, says so, and ends as the uninterrupted run does."""
+    """A scanned run resumed with scan_layers off continues in its own layout, says so,
+    and ends as the uninterrupted run does."""
     config = _config(corpus)
     scanned = dataclasses.replace(config, model=dataclasses.replace(
         config.model, num_decoder_layers=2, scan_layers=True))
