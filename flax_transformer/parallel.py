@@ -17,6 +17,7 @@ import gc
 import importlib.util
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -77,7 +78,31 @@ def use_compilation_cache(enabled: bool = True) -> str | None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if importlib.util.find_spec("filelock") is not None:  # JAX's eviction needs it
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+        _date_undated_entries(directory)
     return directory
+
+
+def _date_undated_entries(directory: str) -> None:
+    """Gives every cached program without its access-time file one (dated now).
+
+    With eviction on, JAX reads the "-atime" file of every entry before each write, and
+    one entry without it (written by a process killed between its two files, or by one
+    without ``filelock``, which writes no dates) makes every later write fail with a
+    FileNotFoundError warning: the cache would stop filling for good.
+    """
+    try:
+        names = set(os.listdir(directory))
+    except OSError:
+        return
+    stamp = time.time_ns().to_bytes(8, "little")
+    for name in names:
+        key = name.removesuffix("-cache")
+        if key != name and f"{key}-atime" not in names:
+            try:
+                with open(os.path.join(directory, f"{key}-atime"), "xb") as handle:
+                    handle.write(stamp)
+            except OSError:   # another process dated it first, or a read-only cache
+                pass
 
 
 def initialize_distributed(coordinator: str = "", num_processes: int = 0,

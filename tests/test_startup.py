@@ -121,6 +121,21 @@ def test_second_process_reads_the_persistent_cache(tmp_path):
     assert int(second.stdout.split()[2]) >= 1, "the second process compiled everything again"
 
 
+def test_an_undated_entry_does_not_stop_the_cache_from_filling(tmp_path):
+    """An entry without its "-atime" file (a process killed mid-write, or one without
+    filelock) made every later write fail; use_compilation_cache dates it."""
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    (directory / "jit_f-0123abcd-cache").write_bytes(b"an entry of an older process")
+    result = _python(_CACHED_PROGRAM, {**os.environ, parallel.CACHE_ENV: str(directory)})
+    assert result.returncode == 0, result.stderr
+    assert "Error writing persistent compilation cache" not in result.stderr
+    names = os.listdir(directory)
+    entries = [name for name in names if name.endswith("-cache")]
+    assert len(entries) > 1, "nothing new was cached"
+    assert all(name.removesuffix("-cache") + "-atime" in names for name in entries)
+
+
 def test_cache_off_writes_nothing(tmp_path):
     env = {**os.environ, parallel.CACHE_ENV: "off", "XDG_CACHE_HOME": str(tmp_path)}
     result = _python(_CACHED_PROGRAM, env)
