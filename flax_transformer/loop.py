@@ -130,7 +130,8 @@ def _setup(config: Config, workdir: str, stop: stopping.Stop) -> _Run:
     return _Run(config=config, workdir=workdir, strategy=strategy,
                 checkpoints=checkpoint.Checkpoints(workdir, config.train.keep_checkpoints),
                 train_batches=train_batches, evaluator=evaluator, stop=stop,
-                # rbg keys: dropout bits ~12% cheaper on CPU than threefry (benchmarks/).
+                # rbg keys; dropout's bits come from random_bits, so the kind only
+                # changes make_rng's fold_in (all kinds cost the same, benchmarks/).
                 root_rng=jax.random.key(config.train.seed, impl="rbg"))
 
 
