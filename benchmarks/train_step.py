@@ -73,6 +73,9 @@ def make_batch(rows: int, length: int, vocab_size: int, seed: int = 0) -> dict:
 
 def spec_config_and_batch(spec: dict):
     config = bench_config(spec["preset"], spec["length"], spec["vocab"], spec["dtype"])
+    if spec.get("scan_layers"):
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, scan_layers=True))
     return config, make_batch(spec["rows"], spec["length"], config.model.vocab_size)
 
 
@@ -212,6 +215,8 @@ def specs_for(preset: str, tokens: int, args) -> list[dict]:
     if args.flax_wmt:
         specs.append(dict(base, impl="flax wmt"))
     specs.append(dict(base, impl="ours"))
+    if args.scan_layers:
+        specs.append(dict(base, impl="ours (scan_layers)", scan_layers=True))
     specs += [dict(base, impl=f"ours ({flags})", xla_flags=flags) for flags in args.xla_variants]
     return specs
 
@@ -304,6 +309,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--xla-variants", type=lambda text: names(text.replace(";", ",")),
                         default=[], help="';'-separated XLA_FLAGS, each an extra row of ours "
                                          "(write it with '=')")
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="an extra row of ours with model.scan_layers (first step, "
+                             "step time)")
     parser.add_argument("--profile", action="store_true",
                         help="trace our step with jax.profiler: the costliest ops")
     parser.add_argument("--worker-timeout", type=float, default=1800.0)
