@@ -26,7 +26,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str) -
     for dotted, kind, default, doc in config_fields.iter_fields(defaults):
         type_name = getattr(kind, "__name__", "tuple of ints")
         group.add_argument(f"--config.{dotted}", dest=f"override:{dotted}", default=None,
-                           metavar=type_name.upper(), help=f"{doc} (default: {default!r})")
+                           metavar=type_name.upper(),   # argparse %-formats help texts
+                           help=f"{doc} (default: {default!r})".replace("%", "%%"))
 
 
 def section_fields(section: str) -> dict[str, tuple[type, str]]:
