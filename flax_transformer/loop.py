@@ -321,8 +321,8 @@ def _saved_layout(config: Config, saved: Config | None) -> Config:
         return config
     if jax.process_index() == 0:
         print(f"resuming in the run's own layer layout: model.scan_layers="
-              f"{saved.model.scan_layers} (as saved; {config.model.scan_layers} applies to "
-              "new runs, e.g. with --fresh or another --workdir)")
+              f"{saved.model.scan_layers} (as saved; for scan_layers="
+              f"{config.model.scan_layers}, start a new run in another --workdir)")
     return dataclasses.replace(
         config, model=dataclasses.replace(config.model, scan_layers=saved.model.scan_layers))
 
