@@ -10,6 +10,8 @@ into the select that applies the mask. Same generator, same bits as
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -51,9 +53,7 @@ def uint16_bits(key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
     A threefry key is the Threefry key; an rbg key's 4 words become one by hashing its
     second pair under its first. Counter c gives elements 4c .. 4c + 3.
     """
-    size = 1
-    for dim in shape:
-        size *= dim
+    size = math.prod(shape)
     words = jax.random.key_data(key).reshape(-1, 2)                       # [W/2, 2]
     key0, key1 = words[0]
     for row in range(1, words.shape[0]):      # (an rbg key's two halves may be equal)
