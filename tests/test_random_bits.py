@@ -35,3 +35,27 @@ def test_uint16_bits_are_uniform_and_depend_on_the_key(impl):
     assert np.mean(other == bits) < 0.01
     again = np.asarray(random_bits.uint16_bits(jax.random.key(1, impl=impl), shape))
     np.testing.assert_array_equal(again, bits)
+
+
+def test_an_rbg_key_uses_its_first_half_and_keys_of_other_data_still_differ():
+    shape = (6, 50)
+    # JAX keeps an rbg key's halves equal (seeded alike, split and folded per half), so
+    # the rbg key of a seed gives the bits of the threefry key of that seed ...
+    for derive in (lambda key: key, lambda key: jax.random.fold_in(key, 7),
+                   lambda key: jax.random.split(key)[1]):
+        rbg = derive(jax.random.key(3, impl="rbg"))
+        threefry = derive(jax.random.key(3, impl="threefry2x32"))
+        words = jax.random.key_data(rbg)
+        np.testing.assert_array_equal(words[:2], words[2:])
+        np.testing.assert_array_equal(random_bits.uint16_bits(rbg, shape),
+                                      random_bits.uint16_bits(threefry, shape))
+    # ... and a key wrapped from other data, whichever second-half word differs, has a
+    # stream of its own.
+    base = np.array([1, 2, 1, 2], np.uint32)
+    bits = random_bits.uint16_bits(jax.random.wrap_key_data(base, impl="rbg"), shape)
+    for word in (2, 3):
+        other = base.copy()
+        other[word] += 1
+        other_bits = random_bits.uint16_bits(jax.random.wrap_key_data(other, impl="rbg"), shape)
+        assert np.mean(np.asarray(other_bits) == np.asarray(bits)) < 0.01
+
