@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import statistics
@@ -93,11 +94,14 @@ def ours_session(spec: dict):
     state = strategy.put_state(training.create_train_state(config, jax.random.key(0)))
     parallel.release_freed_host_memory()       # as train.py does after put_state
     batch = strategy.put_batch(batch)
-    keys = iter(jax.random.split(jax.random.key(1, impl=spec["prng"]), 100_000))
+    # Each step's key as train.py makes it (iterating a split key array instead cost the
+    # first step 1 s: JAX unstacks the array's first chunk).
+    root, steps = jax.random.key(1, impl=spec["prng"]), itertools.count(1)
 
     def step():
         nonlocal state
-        state, metrics = strategy.train_step(state, batch, next(keys))
+        state, metrics = strategy.train_step(state, batch,
+                                             parallel.step_rng(root, next(steps)))
         return metrics
     return step, jax.block_until_ready
 
