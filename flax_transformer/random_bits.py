@@ -73,8 +73,9 @@ def uint16_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     An rbg key has four words. JAX seeds both halves alike and splits and folds each half
     by Threefry on its own, so in every key JAX derives the halves are equal: the first
     half is the Threefry key (an rbg key gives the bits of the threefry key of the same
-    seed). A key wrapped from other data may have different halves: x0 is then the
-    second half's difference from the first, so such keys still get streams of their own.
+    seed). A key wrapped from other data, or an unsafe_rbg key, may have different
+    halves: x0 is then a mix of their difference (0 when they are equal), so such keys
+    still get streams of their own.
     """
     size = math.prod(shape)
     words = jax.random.key_data(key).reshape(-1)                          # [2] or [4]
