@@ -159,7 +159,7 @@ class Evaluator:
                                      max_extra_length=config.train.max_eval_length_extra)
         self.translate_fn = translate.make_translate_fn(
             Transformer(config.model), greedy, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id)
+            pad_id=tokenizer.pad_id, piece_count=tokenizer.vocab_size)
 
     @functools.cached_property
     def loss_batches(self) -> list[dict]:

@@ -101,10 +101,10 @@ def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restore
 
 @functools.lru_cache(maxsize=8)
 def _translate_fn(model: Transformer, decode_config: config_lib.DecodeConfig, bos_id: int,
-                  eos_id: int, pad_id: int):
+                  eos_id: int, pad_id: int, piece_count: int):
     """One compiled search per (model, search): repeated calls reuse its compilations."""
     return translate.make_translate_fn(model, decode_config, bos_id=bos_id, eos_id=eos_id,
-                                       pad_id=pad_id)
+                                       pad_id=pad_id, piece_count=piece_count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ def translate_lines(restored: Restored, lines: Sequence[str],
     tokenizer, max_length = restored.tokenizer, restored.config.model.max_length
     sources, truncated = translate.encode_sources(tokenizer, lines, max_length)
     translate_fn = _translate_fn(restored.model, decode_config, tokenizer.bos_id,
-                                 tokenizer.eos_id, tokenizer.pad_id)
+                                 tokenizer.eos_id, tokenizer.pad_id, tokenizer.vocab_size)
     with tqdm(total=len(lines), desc="decode", unit="line", file=sys.stderr,
               disable=not progress) as bar:
         rows = translate.translate_all(

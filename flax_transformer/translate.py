@@ -91,8 +91,8 @@ def output_length(source_length: int, decode_config: DecodeConfig,
 
 
 def translate(model: Any, params: Any, source_tokens: Array, decode_config: DecodeConfig, *,
-              bos_id: int, eos_id: int, pad_id: int = 0,
-              rng: Array | None = None) -> decoding.Hypotheses:
+              bos_id: int, eos_id: int, pad_id: int = 0, rng: Array | None = None,
+              piece_count: int | None = None) -> decoding.Hypotheses:
     """Source sentences -> output tokens with decode_config's search (pure, jit-able).
 
     Args:
@@ -104,6 +104,9 @@ def translate(model: Any, params: Any, source_tokens: Array, decode_config: Deco
         never the first output token: empty source lines are handled by the callers).
       bos_id, eos_id, pad_id: from the tokenizer.
       rng: sampling key; None = ``jax.random.key(decode_config.seed)``.
+      piece_count: ids from here on are never emitted (embedding rows that the
+        tokenizer has no piece for: a small corpus may give fewer pieces than
+        model.vocab_size, and such ids would decode as " ⁇ "); None = every id.
 
     Returns:
       decoding.Hypotheses [B, N, ...] (see decoding.search): tokens int [B, N, T],
@@ -116,16 +119,19 @@ def translate(model: Any, params: Any, source_tokens: Array, decode_config: Deco
                                         min_length=max(decode_config.min_length, 1))
     max_length = output_length(source_tokens.shape[1], decode_config, model.config)
     tokens_to_logits, cache = seq2seq_decoder(model, params, source_tokens, max_length)
+    if piece_count is not None:
+        tokens_to_logits = _pieces_only(tokens_to_logits, piece_count)
     return decoding.search(tokens_to_logits, cache, decode_config, bos_id=bos_id,
                            eos_id=eos_id, max_length=max_length, pad_id=pad_id, rng=rng)
 
 
 def make_translate_fn(model: Any, decode_config: DecodeConfig, *, bos_id: int, eos_id: int,
-                      pad_id: int = 0) -> Callable[..., decoding.Hypotheses]:
+                      pad_id: int = 0, piece_count: int | None = None
+                      ) -> Callable[..., decoding.Hypotheses]:
     """``translate`` compiled once per source shape: fn(params, source_tokens, rng=None)."""
     def translate_fn(params, source_tokens, rng=None):
         return translate(model, params, source_tokens, decode_config, bos_id=bos_id,
-                         eos_id=eos_id, pad_id=pad_id, rng=rng)
+                         eos_id=eos_id, pad_id=pad_id, rng=rng, piece_count=piece_count)
     return jax.jit(translate_fn)
 
 

@@ -179,3 +179,15 @@ def test_a_resume_keeps_the_layer_layout_its_checkpoints_have(corpus, tmp_path, 
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(_params(straight, scanned)),
                          strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_tokenizer_smaller_than_the_vocabulary_is_noted_with_the_flags_that_fit(capsys):
+    config = micro_config()
+    rows = config.model.vocab_size
+    loop._note_unused_rows(rows, config)
+    assert capsys.readouterr().out == ""
+    loop._note_unused_rows(rows - 10, config)
+    out = capsys.readouterr().out
+    assert f"the tokenizer has {rows - 10} pieces and the model {rows}" in out
+    assert "other 10 are never trained nor emitted" in out
+    assert f"--config.model.vocab_size={rows - 10} --config.data.vocab_size={rows - 10}" in out

@@ -324,6 +324,31 @@ def test_a_sentence_never_translates_to_nothing(seq2seq, method):
         assert np.all(tokens[:, first_eos] == EOS), tokens
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_ids_past_the_tokenizers_pieces_are_never_emitted(seq2seq, method):
+    """A corpus may give fewer pieces than model.vocab_size (base on number_words: 625 of
+    37,000); the rows past them are never trained, and an id from there would decode as
+    SentencePiece's " ⁇ ". Here the model ranks them first at every step."""
+    model, params, sources = seq2seq
+    piece_count = 20
+
+    def favour_unknown(path, leaf):
+        if not jax.tree_util.keystr(path).endswith("['projection']['bias']"):
+            return leaf
+        return np.asarray(leaf) + 100.0 * (np.arange(leaf.shape[0]) >= piece_count)
+    params = jax.tree_util.tree_map_with_path(favour_unknown, params)
+    config = _greedy_config(method=method, beam_size=3)
+    unmasked = translate.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS)(
+        params, sources)
+    assert np.any(np.asarray(unmasked.tokens) >= piece_count)        # the test can fail
+    found = translate.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS,
+                                        piece_count=piece_count)(params, sources)
+    tokens = np.asarray(found.tokens)
+    assert np.all(tokens < piece_count), tokens
+    assert np.all(np.isfinite(np.asarray(found.scores)))
+    assert np.all(tokens[:, 0, 0] != PAD)                   # still real translations
+
+
 # --------------------------------------------------------------------------- scanned layers
 
 
