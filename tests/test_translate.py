@@ -303,16 +303,21 @@ def test_attention_weights_are_distributions_over_real_source_tokens(seq2seq, gr
     assert np.all(cross.transpose(0, 3, 1, 2)[np.asarray(sources == PAD)] == 0)
 
 
+def _favouring(params, chosen):
+    """params whose output bias ranks the ids where chosen(ids) is True first (+100)."""
+    def bias(path, leaf):
+        if not jax.tree_util.keystr(path).endswith("['projection']['bias']"):
+            return leaf
+        return np.asarray(leaf) + 100.0 * chosen(np.arange(leaf.shape[0]))
+    return jax.tree_util.tree_map_with_path(bias, params)
+
+
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_a_sentence_never_translates_to_nothing(seq2seq, method):
     """EOS is never the first output token, even where the model ranks it first at
     every step (here: a huge EOS bias): the output is one token, then EOS."""
     model, params, sources = seq2seq
-    def favour_eos(path, leaf):
-        if not jax.tree_util.keystr(path).endswith("['projection']['bias']"):
-            return leaf
-        return np.asarray(leaf) + 100.0 * (np.arange(leaf.shape[0]) == EOS)
-    eos_loving = jax.tree_util.tree_map_with_path(favour_eos, params)
+    eos_loving = _favouring(params, lambda ids: ids == EOS)
     assert not jax.tree.all(jax.tree.map(np.array_equal, eos_loving, params))
     for min_length in (0, 1, 2):
         found = translate.make_translate_fn(
@@ -331,12 +336,7 @@ def test_ids_past_the_tokenizers_pieces_are_never_emitted(seq2seq, method):
     SentencePiece's " ⁇ ". Here the model ranks them first at every step."""
     model, params, sources = seq2seq
     piece_count = 20
-
-    def favour_unknown(path, leaf):
-        if not jax.tree_util.keystr(path).endswith("['projection']['bias']"):
-            return leaf
-        return np.asarray(leaf) + 100.0 * (np.arange(leaf.shape[0]) >= piece_count)
-    params = jax.tree_util.tree_map_with_path(favour_unknown, params)
+    params = _favouring(params, lambda ids: ids >= piece_count)
     config = _greedy_config(method=method, beam_size=3)
     unmasked = translate.make_translate_fn(model, config, bos_id=BOS, eos_id=EOS)(
         params, sources)
