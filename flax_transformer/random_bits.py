@@ -88,6 +88,6 @@ def uint16_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         raise ValueError(f"uint16_bits needs a threefry2x32 or rbg key, got {words.shape[0]} "
                          "words of key data")
     counters = lax.iota(np.uint32, (size + 3) // 4)                      # [C]
-    y0, y1 = threefry_2x32(key0, key1, jnp.broadcast_to(x0, counters.shape), counters)
+    y0, y1 = threefry_2x32(key0, key1, x0, counters)                      # x0 broadcast
     halves = lax.bitcast_convert_type(jnp.stack([y0, y1], axis=-1), np.uint16)  # [C, 2, 2]
     return halves.reshape(-1)[:size].reshape(shape)
