@@ -42,6 +42,7 @@ import numpy as np
 TORCH_IMPLS = ("torch eager", "torch.compile")
 IMPLS = (*TORCH_IMPLS, "flax wmt", "ours")
 PRESET_VOCAB = {"base": 32000}      # the Flax WMT example's default vocabulary
+DEFAULT_TOKENS = {"base": 1024, "tiny": 2048}   # 16 x 64 and 32 x 64 rows at --length 64
 
 
 # --------------------------------------------------------------------------- what is trained
@@ -77,6 +78,9 @@ def spec_config_and_batch(spec: dict):
     if spec.get("scan_layers"):
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, scan_layers=True))
+    if not spec.get("reuse_host_memory", True):
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, reuse_host_memory=False))
     return config, make_batch(spec["rows"], spec["length"], config.model.vocab_size)
 
 
@@ -90,6 +94,8 @@ def ours_session(spec: dict):
     from flax_transformer import parallel, training
 
     config, batch = spec_config_and_batch(spec)
+    if config.train.reuse_host_memory:        # as train.py does, before the backend starts
+        parallel.prepare_host_memory_reuse()
     strategy = parallel.make_strategy(config)
     state = strategy.put_state(training.create_train_state(config, jax.random.key(0)))
     parallel.release_freed_host_memory()       # as train.py does after put_state
@@ -98,10 +104,16 @@ def ours_session(spec: dict):
     # first step 1 s: JAX unstacks the array's first chunk).
     root, steps = jax.random.key(1, impl=spec["prng"]), itertools.count(1)
 
+    reusing = False
+
     def step():
-        nonlocal state
-        state, metrics = strategy.train_step(state, batch,
-                                             parallel.step_rng(root, next(steps)))
+        nonlocal state, reusing
+        number = next(steps)
+        if number == spec["steps"] + 2 and config.train.reuse_host_memory:
+            reusing = parallel.reuse_freed_host_memory(True)  # after warm-up (train.py: 1st log)
+        state, metrics = strategy.train_step(state, batch, parallel.step_rng(root, number))
+        if reusing:
+            jax.block_until_ready(metrics)   # one step in flight, as train.py keeps then
         return metrics
     return step, jax.block_until_ready
 
@@ -221,6 +233,8 @@ def specs_for(preset: str, tokens: int, args) -> list[dict]:
     specs.append(dict(base, impl="ours"))
     if args.scan_layers:
         specs.append(dict(base, impl="ours (scan_layers)", scan_layers=True))
+    if args.glibc_defaults:
+        specs.append(dict(base, impl="ours (glibc defaults)", reuse_host_memory=False))
     specs += [dict(base, impl=f"ours ({flags})", xla_flags=flags) for flags in args.xla_variants]
     return specs
 
@@ -299,8 +313,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "'' skips that column")
     parser.add_argument("--presets", type=names, default=["base", "tiny"])
     parser.add_argument("--tokens", type=lambda text: [int(t) for t in names(text)],
-                        default=[1024, 2048],
-                        help="target tokens per batch, one per preset (rows = tokens // L)")
+                        default=None,
+                        help="target tokens per batch, one per preset (rows = tokens // L; "
+                             f"default {DEFAULT_TOKENS}, else 1024)")
     parser.add_argument("--length", type=int, default=64, help="source = target length L")
     parser.add_argument("--vocab", type=int, default=0,
                         help=f"vocabulary (0: {PRESET_VOCAB} or the preset's own)")
@@ -316,12 +331,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scan-layers", action="store_true",
                         help="an extra row of ours with model.scan_layers (first step, "
                              "step time)")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="an extra row of ours with train.reuse_host_memory off: every "
+                             "step maps its temporaries anew (glibc's malloc defaults)")
     parser.add_argument("--profile", action="store_true",
                         help="trace our step with jax.profiler: the costliest ops")
     parser.add_argument("--worker-timeout", type=float, default=1800.0)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     common.add_json_flag(parser)
     args = parser.parse_args(argv)
+    if args.tokens is None:
+        args.tokens = [DEFAULT_TOKENS.get(preset, 1024) for preset in args.presets]
     if not args.worker and len(args.tokens) != len(args.presets):
         parser.error("--tokens needs one budget per preset in --presets.")
     if args.flax_wmt and not os.path.isfile(os.path.join(args.flax_wmt, "models.py")):

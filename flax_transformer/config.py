@@ -158,6 +158,8 @@ class TrainConfig:
     gradient_accumulation: int = _field(1, "micro-batches per optimizer step")
     ema_decay: float = _field(0.0, "exponential moving average of parameters; 0 = off")
     parallelism: str = _field("pmap", "'pmap' (one replica per device) or 'mesh' (jit+sharding)")
+    reuse_host_memory: bool = _field(True, "CPU, glibc: a step's freed buffers stay mapped "
+                                           "for the next (one step in flight); false = defaults")
     seed: int = _field(0, "root random seed (init, dropout)")
     log_every: int = _field(50, "steps between logged metrics")
     eval_every: int = _field(1000, "steps between evaluations (loss and BLEU)")

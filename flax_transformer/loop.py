@@ -268,42 +268,63 @@ def _evaluate(run: _Run, state: Any) -> dict:
 def _train_steps(run: _Run, state: Any) -> Any:
     """Runs steps until num_steps or a stop request; evaluates, logs and saves on schedule."""
     train = run.config.train
-    interval_metrics, interval_tokens, interval_start = None, 0, time.perf_counter()
     with tqdm(total=train.num_steps, initial=run.step, desc="train", unit="step",
               disable=jax.process_index() != 0, dynamic_ncols=True) as bar:
-        while run.step < train.num_steps and not run.stop.requested:
-            batch = next(run.train_batches)
-            rng = parallel.step_rng(run.root_rng, run.step + 1)
-            state, metrics = run.strategy.train_step(state, run.strategy.put_batch(batch), rng)
-            run.step += 1
-            bar.update(1)
-            interval_metrics = training.add_metrics(interval_metrics, metrics)
-            interval_tokens += int(np.count_nonzero(batch["target_output"])) * jax.process_count()
-            run.last_batch_shape = (batch["source"].shape[0] * jax.process_count(),
-                                    batch["source"].shape[1], batch["target_output"].shape[1])
-            run.interval_flops += training.train_flops_per_step(run.config.model,
-                                                                *run.last_batch_shape)
-            if run.step % train.log_every == 0 or run.step == train.num_steps:
-                jax.block_until_ready(interval_metrics)   # time the steps, not their dispatch
-                _log_train(run, interval_metrics, time.perf_counter() - interval_start,
-                           interval_tokens, bar)
-                interval_metrics, interval_tokens = None, 0
-                interval_start = time.perf_counter()
-            metrics_for_save = None
-            if run.step % train.eval_every == 0 or run.step == train.num_steps:
-                with contextlib.suppress(stopping.StopRequested):  # saved below, without a score
-                    metrics_for_save = {"score": evaluation.score(_evaluate(run, state),
-                                                                  train.best_metric)}
-            if (run.step % train.checkpoint_every == 0 or run.step == train.num_steps
-                    or metrics_for_save or run.stop.requested):
-                _save(run, state, metrics_for_save)
+        try:
+            return _steps_until_done(run, state, bar)
+        finally:
+            parallel.reuse_freed_host_memory(False)
+
+
+def _steps_until_done(run: _Run, state: Any, bar: tqdm) -> Any:
+    train = run.config.train
+    interval_metrics, interval_tokens, interval_start = None, 0, time.perf_counter()
+    reusing = False
+    while run.step < train.num_steps and not run.stop.requested:
+        batch = next(run.train_batches)
+        rng = parallel.step_rng(run.root_rng, run.step + 1)
+        state, metrics = run.strategy.train_step(state, run.strategy.put_batch(batch), rng)
+        if reusing:   # one step in flight, so that its temporaries are free for the next
+            jax.block_until_ready(metrics)
+        run.step += 1
+        bar.update(1)
+        interval_metrics = training.add_metrics(interval_metrics, metrics)
+        interval_tokens += int(np.count_nonzero(batch["target_output"])) * jax.process_count()
+        run.last_batch_shape = (batch["source"].shape[0] * jax.process_count(),
+                                batch["source"].shape[1], batch["target_output"].shape[1])
+        run.interval_flops += training.train_flops_per_step(run.config.model,
+                                                            *run.last_batch_shape)
+        if run.step % train.log_every == 0 or run.step == train.num_steps:
+            jax.block_until_ready(interval_metrics)   # time the steps, not their dispatch
+            _log_train(run, interval_metrics, time.perf_counter() - interval_start,
+                       interval_tokens, bar)
+            interval_metrics, interval_tokens = None, 0
+            if train.reuse_host_memory:   # the first steps' compilations are done by now
+                reusing = parallel.reuse_freed_host_memory(True)
+            interval_start = time.perf_counter()
+        evaluating = run.step % train.eval_every == 0 or run.step == train.num_steps
+        if evaluating or run.step % train.checkpoint_every == 0 or run.stop.requested:
+            with parallel.freed_host_memory_returned():   # their compilations and copies
+                _evaluate_and_save(run, state, evaluating)
     return state
+
+
+def _evaluate_and_save(run: _Run, state: Any, evaluating: bool) -> None:
+    """Saves a checkpoint, after an evaluation that scores it when ``evaluating``."""
+    metrics_for_save = None
+    if evaluating:
+        with contextlib.suppress(stopping.StopRequested):  # saved below, without a score
+            metrics_for_save = {"score": evaluation.score(_evaluate(run, state),
+                                                          run.config.train.best_metric)}
+    _save(run, state, metrics_for_save)
 
 
 def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the last evaluation results
     (empty when a stop request ended it early)."""
     config.validate()
+    if config.train.reuse_host_memory:
+        parallel.prepare_host_memory_reuse()   # before _lock starts the backend
     stop = stopping.Stop()
     checkpoint.check_writable(workdir)
     previous_handlers = stopping.install_signal_handlers(stop)

@@ -11,13 +11,16 @@ four verbs, so the training loop never branches on the strategy:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import gc
 import importlib.util
 import logging
 import os
+import pkgutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -258,6 +261,89 @@ def release_freed_host_memory() -> None:
         return
     if trim is not None:
         trim(0)
+
+
+# glibc's mallopt parameters (malloc.h) and the defaults that reuse_freed_host_memory restores
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_TRIM_DEFAULT, _MMAP_MAX_DEFAULT, _TRIM_KEEP = 128 * 1024, 65536, 2**31 - 1
+_host_arena = {"shared": False, "reusing": False}
+
+
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, or None under another C library (musl, macOS, Windows)."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return None
+        return getattr(ctypes.CDLL(None), "mallopt", None)
+    except (AttributeError, ValueError, OSError, TypeError):   # no confstr, no such name
+        return None
+
+
+def _accelerator_expected() -> bool:
+    """Whether JAX will start on a GPU or TPU, judged without starting a backend."""
+    if jax.config.jax_platforms:
+        return any(name.strip() not in ("", "cpu") for name in jax.config.jax_platforms.split(","))
+    plugins = importlib.util.find_spec("jax_plugins")   # CUDA/ROCm plugins live there
+    found = plugins is not None and any(
+        True for _ in pkgutil.iter_modules(plugins.submodule_search_locations or []))
+    return found or importlib.util.find_spec("libtpu") is not None
+
+
+def prepare_host_memory_reuse() -> bool:
+    """Lets ``reuse_freed_host_memory`` work: one glibc malloc arena for every thread.
+
+    Call it before JAX starts its CPU backend (its threads take their arenas with their
+    first allocation). XLA:CPU runs a step on a thread of its own, and a thread's own
+    arena hands out blocks over 64 MiB (a step's temporaries: tiny 148 MiB, base 1.1 GiB)
+    as fresh mappings that ``free`` unmaps: every step faults them in again, page by page
+    (tiny: 39,000 faults and 75 ms of kernel time a step; base: 280,000 and 0.55 s). In the
+    shared main arena they can come from the heap and stay there. A no-op, returning
+    False, when a GPU or TPU is expected or the C library is not glibc.
+    """
+    mallopt = _mallopt()
+    if mallopt is None or _accelerator_expected():
+        return False
+    _host_arena["shared"] = bool(mallopt(_M_ARENA_MAX, 1))
+    return _host_arena["shared"]
+
+
+def reuse_freed_host_memory(reuse: bool) -> bool:
+    """While steps run back to back on a CPU: blocks freed by one are kept for the next.
+
+    On: big blocks come from the heap (no mmap) and the heap is not trimmed, so a step's
+    temporaries reuse the last step's pages instead of faulting in new ones. Off (the
+    glibc defaults): big blocks are mapped and unmapped again, and the heap's free pages go
+    back to the OS (``release_freed_host_memory``), as around evaluations and checkpoints,
+    whose compilations would otherwise leave their garbage in the heap. Turn it on after
+    the first steps (their compilation, done with it off, leaves no garbage behind), and
+    keep one step in flight while it is on (wait for each step's result): with several,
+    a step takes its temporaries before the last one's are freed, small allocations split
+    the freed blocks, and the heap grows instead (base: 4.7 GiB peak instead of 2.5, and
+    no faster). Returns whether it acted: only after ``prepare_host_memory_reuse``, on a
+    CPU backend.
+    """
+    mallopt = _mallopt()
+    if mallopt is None or not _host_arena["shared"] or jax.default_backend() != "cpu":
+        return False
+    mallopt(_M_MMAP_MAX, 0 if reuse else _MMAP_MAX_DEFAULT)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_KEEP if reuse else _TRIM_DEFAULT)
+    if _host_arena["reusing"] and not reuse:
+        release_freed_host_memory()
+    _host_arena["reusing"] = reuse
+    return True
+
+
+@contextlib.contextmanager
+def freed_host_memory_returned() -> Iterator[None]:
+    """Inside, glibc's defaults (and the freed memory given back); after, reuse as before."""
+    reusing = _host_arena["reusing"]
+    if reusing:
+        reuse_freed_host_memory(False)
+    try:
+        yield
+    finally:
+        if reusing:
+            reuse_freed_host_memory(True)
 
 
 def make_strategy(config: Config) -> PmapStrategy | MeshStrategy:

@@ -69,6 +69,29 @@ def test_interrupted_run_resumes_bitwise(corpus, tmp_path):
     assert os.listdir(os.path.join(straight, "tensorboard"))
 
 
+def test_reusing_host_memory_changes_no_number(corpus, tmp_path):
+    """train.reuse_host_memory changes only where a step's buffers come from: reuse turns
+    on at the first log (step 2), off around the evaluation (4) and saves (3, 6), off at
+    the end; parameters and logged metrics are those of a run with glibc's defaults."""
+    config = _config(corpus, eval_every=4)
+    reusing = config_fields.override(config, {"train.reuse_host_memory": "true"})
+    logged = {}
+    for name, run_config in (("defaults", config), ("reusing", reusing)):
+        loop.train_and_evaluate(run_config, str(tmp_path / name))
+        with open(tmp_path / name / "metrics.jsonl") as handle:
+            logged[name] = [{key: value for key, value in json.loads(line).items()
+                             if key not in ("time", "tokens_per_second",
+                                            "model_tflops_per_second")}
+                            for line in handle]
+    assert logged["reusing"] == logged["defaults"]
+    assert any(line["split"] == "validation" and line["step"] == 4
+               for line in logged["reusing"])
+    for got, want in zip(jax.tree.leaves(_params(str(tmp_path / "reusing"), config)),
+                         jax.tree.leaves(_params(str(tmp_path / "defaults"), config)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_average_last_is_scored_on_validation_and_can_become_best(corpus, tmp_path):
     workdir = str(tmp_path / "run")
     config = _config(corpus, checkpoint_every=2, average_last=3, eval_every=2)

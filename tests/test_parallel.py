@@ -1,6 +1,11 @@
 """parallel.py on 4 simulated CPU devices: pmap and mesh give the single-device result."""
 
+import ast
 import dataclasses
+import os
+import resource
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -8,6 +13,8 @@ import pytest
 
 from flax_transformer import parallel, training
 from tests.helpers import micro_config, random_batch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_single(config, state, batches, root):
@@ -120,3 +127,63 @@ def test_the_first_step_writes_over_the_state_put_state_gave_it(parallelism):
     parallel.release_freed_host_memory()       # safe at any time; frees nothing in use
     state, _ = strategy.train_step(state, batch, jax.random.key(2))
     assert _buffer_addresses(state) == given
+
+
+_HOST_MEMORY_REUSE = """
+import resource
+
+import jax
+import jax.numpy as jnp
+
+from flax_transformer import parallel
+
+print("prepared", parallel.prepare_host_memory_reuse())   # before the backend starts
+step = jax.jit(lambda x, w: jnp.sin(x) @ w)   # sin(x) is a 96 MiB temporary
+x, w = jnp.ones((24576, 1024), jnp.float32), jnp.ones((1024, 1), jnp.float32)
+print("temporary", step.lower(x, w).compile().memory_analysis().temp_size_in_bytes)
+
+
+def faults(calls):
+    counts = []
+    for _ in range(calls):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step(x, w).block_until_ready()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return counts
+
+
+faults(1)
+print("defaults", min(faults(5)))
+print("acted", parallel.reuse_freed_host_memory(True))
+# The runtime frees a temporary after the call returns, sometimes after the next one
+# took its own: the heap holds a few of them before calls find one free (mostly; under
+# load some still miss). Without a shared arena none does.
+print("reusing", faults(15))
+with parallel.freed_host_memory_returned():
+    print("returned", max(faults(5)))
+print("reusing_again", faults(15))
+parallel.reuse_freed_host_memory(False)
+"""
+
+
+def test_reused_host_memory_is_not_faulted_in_again():
+    """A step's big freed temporaries are reused without page faults while reuse is on.
+
+    In a process of its own: the arena is shared before JAX's CPU threads start. With
+    glibc's defaults each call maps its 96 MiB temporary anew (~24,600 page faults).
+    """
+    if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+        pytest.skip("mallopt settings are glibc's")
+    env = {key: value for key, value in os.environ.items() if key != "JAX_PLATFORMS"}
+    result = subprocess.run([sys.executable, "-c", _HOST_MEMORY_REUSE], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    seen = {line.split(" ", 1)[0]: ast.literal_eval(line.split(" ", 1)[1])
+            for line in result.stdout.splitlines()}
+    assert seen["prepared"] and seen["acted"], result.stdout
+    pages = seen["temporary"] // resource.getpagesize()
+    assert pages >= 24576, seen                          # the temporary is not fused away
+    assert seen["defaults"] > pages // 2, seen           # mapped anew by every call
+    assert seen["returned"] > pages // 2, seen
+    for phase in ("reusing", "reusing_again"):   # a third of the calls fault no page in
+        assert sum(count < pages // 20 for count in seen[phase]) >= 5, (phase, seen)
