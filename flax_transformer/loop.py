@@ -299,8 +299,8 @@ def _steps_until_done(run: _Run, state: Any, bar: tqdm) -> Any:
             _log_train(run, interval_metrics, time.perf_counter() - interval_start,
                        interval_tokens, bar)
             interval_metrics, interval_tokens = None, 0
-            if train.reuse_host_memory:   # the first steps' compilations are done by now
-                reusing = parallel.reuse_freed_host_memory(True)
+            if train.reuse_host_memory and not reusing:   # the first compilations are done
+                reusing = parallel.reuse_freed_host_memory(True)   # (evaluations restore it)
             interval_start = time.perf_counter()
         evaluating = run.step % train.eval_every == 0 or run.step == train.num_steps
         if evaluating or run.step % train.checkpoint_every == 0 or run.stop.requested:
