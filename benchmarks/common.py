@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 
@@ -283,11 +283,15 @@ def run_interleaved(workers: Sequence[tuple[dict, Callable[[], Worker]]], rounds
     return [result for result, _ in workers]
 
 
-def profile_ops(step: Callable[[], Any], steps: int, top: int = 12) -> dict:
+def profile_ops(step: Callable[[], Any], steps: int, top: int = 12,
+                matmul_ops: Collection[str] = ()) -> dict:
     """Traces ``steps`` calls of a JAX step with jax.profiler: the ops that took most time.
 
     Ops are grouped by HLO name without its ".N" suffix (all "copy_bitcast_fusion.*"
-    together); times are summed over threads, so shares are of total op time.
+    together); times are summed over threads, so shares are of total op time. With
+    ``matmul_ops`` (the names of the ops that hold a dot), the wall time of each step is
+    also split into: some matmul running, only other ops running, and no op running
+    (dispatch, waits between ops).
     """
     import collections
     import glob
@@ -298,20 +302,48 @@ def profile_ops(step: Callable[[], Any], steps: int, top: int = 12) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        begin = time.perf_counter()
         for _ in range(steps):
             jax.block_until_ready(step())
+        wall_ms = (time.perf_counter() - begin) * 1e3 / steps
         jax.profiler.stop_trace()
         path = glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True)[0]
         with gzip.open(path) as handle:
             events = json.load(handle)["traceEvents"]
-    totals, counts = collections.Counter(), collections.Counter()
+    totals, counts, ops = collections.Counter(), collections.Counter(), []
     for event in events:
         name = event.get("name", "")
-        if event.get("ph") == "X" and not re.match(r"[$]|ThunkExecutor|Slinky|PjRt|Tfrt", name):
+        # HLO ops only ("ynn_fusion.12", "copy"): not the runtime's own events
+        # ("ThunkExecutor::Execute", "end: …", "PjitFunction(train_step)", "ParseArguments").
+        if event.get("ph") == "X" and re.fullmatch(r"[a-z][\w\-]*(\.\d+)?", name):
             group = re.sub(r"\.\d+$", "", name)
             totals[group] += event["dur"] / 1e3 / steps                  # ms per step
             counts[group] += 1
+            ops.append((event["ts"], event["ts"] + event["dur"], name in matmul_ops))
     everything = sum(totals.values()) or 1.0
-    return {"profile": [{"op": name, "ms_per_step": ms, "share": ms / everything,
-                         "calls_per_step": counts[name] // steps}
-                        for name, ms in totals.most_common(top)]}
+    result = {"profile": [{"op": name, "ms_per_step": ms, "share": ms / everything,
+                           "calls_per_step": counts[name] // steps}
+                          for name, ms in totals.most_common(top)]}
+    if matmul_ops:
+        result["wall_split"] = dict(_wall_split(ops, wall_ms * steps * 1e3, steps),
+                                    step_ms=wall_ms)
+    return result
+
+
+def _wall_split(ops: list[tuple[float, float, bool]], wall_us: float, steps: int) -> dict:
+    """ms per step with a matmul running / only other ops / no op, from (start, end,
+    is_matmul) intervals in µs; "no op" is the rest of the traced wall time."""
+    import collections
+
+    edges = sorted([(start, 1, matmul) for start, _, matmul in ops] +
+                   [(end, -1, matmul) for _, end, matmul in ops])
+    running, last, spent = collections.Counter(), None, collections.Counter()
+    for moment, change, matmul in edges:
+        if last is not None:
+            spent["matmul" if running[True] else "other" if running[False] else "none"] += (
+                moment - last)
+        running[matmul] += change
+        last = moment
+    per_step_ms = 1e3 * steps                                    # µs of all steps -> ms/step
+    return {"matmul_ms": spent["matmul"] / per_step_ms, "other_ms": spent["other"] / per_step_ms,
+            "no_op_ms": (wall_us - spent["matmul"] - spent["other"]) / per_step_ms}

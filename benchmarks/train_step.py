@@ -78,6 +78,9 @@ def spec_config_and_batch(spec: dict):
     if spec.get("scan_layers"):
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, scan_layers=True))
+    if not spec.get("transposed_weight_gradients", True):
+        config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, transposed_weight_gradients=False))
     if not spec.get("reuse_host_memory", True):
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, reuse_host_memory=False))
@@ -115,7 +118,27 @@ def ours_session(spec: dict):
         if reusing:
             jax.block_until_ready(metrics)   # one step in flight, as train.py keeps then
         return metrics
+
+    step.compiled = lambda: strategy.compiled_train_step(      # for --profile
+        state, batch, parallel.step_rng(root, 1))
     return step, jax.block_until_ready
+
+
+def ours_profile(step, steps: int) -> dict:
+    """Where the step's time goes (jax.profiler), split by whether a matmul runs, and the
+    matmul floor: each of the step's dots timed alone (matmuls.py)."""
+    import matmuls
+
+    hlo = step.compiled().as_text()
+    found = matmuls.census(hlo)
+    result = common.profile_ops(step, steps, matmul_ops=set(found["ops"]))
+    floor = matmuls.matmul_floor(hlo)
+    result["matmul_floor"] = {
+        "floor_s": floor["floor_s"], "dot_flops": floor["flops"],
+        "dots": [{"runs": entry["count"], "dot": matmuls.describe(entry),
+                  "gflop": entry["flops"] / 1e9, "alone_ms": entry["alone_s"] * 1e3}
+                 for entry in floor["dots"]]}
+    return result
 
 
 def torch_session(spec: dict):
@@ -205,7 +228,7 @@ def flax_wmt_session(spec: dict):
 def worker_main(spec: dict) -> int:
     session = {"ours": ours_session, "flax wmt": flax_wmt_session}.get(
         spec["impl"].split(" (")[0], torch_session)
-    profile = functools.partial(common.profile_ops, steps=spec["steps"])
+    profile = functools.partial(ours_profile, steps=spec["steps"])
     return common.serve(lambda: session(spec), spec["steps"],
                         profile if spec["impl"].startswith("ours") else None)
 
@@ -235,6 +258,9 @@ def specs_for(preset: str, tokens: int, args) -> list[dict]:
         specs.append(dict(base, impl="ours (scan_layers)", scan_layers=True))
     if args.glibc_defaults:
         specs.append(dict(base, impl="ours (glibc defaults)", reuse_host_memory=False))
+    if args.autodiff_weight_gradients:
+        specs.append(dict(base, impl="ours (autodiff weight gradients)",
+                          transposed_weight_gradients=False))
     specs += [dict(base, impl=f"ours ({flags})", xla_flags=flags) for flags in args.xla_variants]
     return specs
 
@@ -288,6 +314,38 @@ def speed_table(preset: str, results: list[dict], args) -> str:
          "warm-up round s", "peak host MiB", "note"], rows)
 
 
+def profile_tables(preset: str, result: dict, peak_flops_per_s: float) -> str:
+    """The costliest ops; the step's wall time split by what runs; its matmul floor."""
+    text = common.print_table(
+        f"{preset}: where {result['impl']}'s time goes (jax.profiler, op time summed over "
+        "threads)", ["HLO op", "ms/step", "share", "calls/step"],
+        [(p["op"], p["ms_per_step"], p["share"], p["calls_per_step"])
+         for p in result["profile"]])
+    split, floor = result.get("wall_split"), result.get("matmul_floor")
+    if not split or not floor:
+        return text
+    flops = floor["dot_flops"]
+    floor_ms = floor["floor_s"] * 1e3
+    text += common.print_table(
+        f"{preset}: {result['impl']}'s step under the profiler, and its matmul floor "
+        f"({flops / 1e9:.1f} GFLOP of dots)", ["part", "ms/step", "share of the step"],
+        [("whole step (traced)", split["step_ms"], 1.0),
+         ("a matmul running", split["matmul_ms"], split["matmul_ms"] / split["step_ms"]),
+         ("only other ops running", split["other_ms"], split["other_ms"] / split["step_ms"]),
+         ("no op running (dispatch, waits)", split["no_op_ms"],
+          split["no_op_ms"] / split["step_ms"]),
+         ("matmul floor: each dot timed alone, summed", floor_ms, floor_ms / split["step_ms"]),
+         ("MFU if the step took only its floor", flops / floor["floor_s"] / peak_flops_per_s,
+          None)])
+    text += common.print_table(
+        f"{preset}: {result['impl']}'s dots, each timed alone (jitted by itself, operands "
+        "in the step's layouts)", ["runs/step", "dot", "GFLOP", "ms alone", "GFLOP/s",
+                                   "ms/step"],
+        [(d["runs"], d["dot"], d["gflop"], d["alone_ms"], d["gflop"] / d["alone_ms"] * 1e3,
+          d["runs"] * d["alone_ms"]) for d in floor["dots"]])
+    return text
+
+
 def run_checks(args) -> list[dict]:
     """Logits of every preset's configuration; three training steps at 'tiny'."""
     from torch_parity import check_logits, check_training
@@ -334,6 +392,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--glibc-defaults", action="store_true",
                         help="an extra row of ours with train.reuse_host_memory off: every "
                              "step maps its temporaries anew (glibc's malloc defaults)")
+    parser.add_argument("--autodiff-weight-gradients", action="store_true",
+                        help="an extra row of ours with model.transposed_weight_gradients "
+                             "off: Dense weight gradients as autodiff writes them")
     parser.add_argument("--profile", action="store_true",
                         help="trace our step with jax.profiler: the costliest ops")
     parser.add_argument("--worker-timeout", type=float, default=1800.0)
@@ -384,11 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         text += speed_table(preset, group, args)
         for r in group:
             if "profile" in r:
-                text += common.print_table(
-                    f"{preset}: where {r['impl']}'s time goes (jax.profiler, op time summed "
-                    "over threads)", ["HLO op", "ms/step", "share", "calls/step"],
-                    [(p["op"], p["ms_per_step"], p["share"], p["calls_per_step"])
-                     for p in r["profile"]])
+                text += profile_tables(preset, r, peak_flops)
     common.write_json(args.json, {"machine": machine, "peaks": peaks, "checks": checks,
                                   "results": results, "markdown": text, "argv": sys.argv[1:]})
     return 0 if all(check["ok"] for check in checks) else 1

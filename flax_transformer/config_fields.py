@@ -133,7 +133,9 @@ def config_differences(saved: Config, new: Config) -> list[str]:
         new_values = to_dict(new)[section]
         for key in sorted(old_values):
             # scan_layers is the layout of the same parameters: a run keeps its own.
-            if key in ("num_workers", "eval_examples", "scan_layers"):
+            # transposed_weight_gradients changes how gradients are computed, not the model.
+            if key in ("num_workers", "eval_examples", "scan_layers",
+                       "transposed_weight_gradients"):
                 continue
             if old_values[key] != new_values.get(key):
                 differences.append(

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_transformer import attention, random_bits
+from flax_transformer import attention, linear, random_bits
 from flax_transformer.config import ModelConfig
 from flax_transformer.positions import sinusoidal_positions
 
@@ -27,8 +27,9 @@ def _dtypes(config: ModelConfig) -> dict:
 
 def dense(config: ModelConfig, features: int, name: str | None = None,
           use_bias: bool = True) -> nn.Dense:
+    dot_general = linear.dense_dot_general if config.transposed_weight_gradients else None
     return nn.Dense(features, kernel_init=nn.initializers.xavier_uniform(), name=name,
-                    use_bias=use_bias, **_dtypes(config))
+                    use_bias=use_bias, dot_general=dot_general, **_dtypes(config))
 
 
 class Dropout(nn.Module):

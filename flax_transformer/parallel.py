@@ -183,6 +183,10 @@ class PmapStrategy:
     def train_step(self, state, batch, rng):
         return self._train(state, batch, rng)
 
+    def compiled_train_step(self, state, batch, rng) -> jax.stages.Compiled:
+        """The executable ``train_step`` runs for these arguments (HLO text, costs)."""
+        return self._train.lower(state, batch, rng).compile()
+
     def eval_step(self, state, batch):
         return _first(self._eval(state.params, batch))
 
@@ -228,6 +232,10 @@ class MeshStrategy:
 
     def train_step(self, state, batch, rng):
         return self._train(state, batch, rng)
+
+    def compiled_train_step(self, state, batch, rng) -> jax.stages.Compiled:
+        """The executable ``train_step`` runs for these arguments (HLO text, costs)."""
+        return self._train.lower(state, batch, rng).compile()
 
     def eval_step(self, state, batch):
         return self._eval(state.params, batch)

@@ -114,6 +114,9 @@ def test_config_round_trip_and_differences(tmp_path):
     assert checkpoint.load_config(str(tmp_path)) == config
     other = config_fields.override(config, {"model.d_ff": "128", "train.num_steps": "7"})
     assert config_fields.config_differences(config, other) == ["model.d_ff: 64 -> 128"]
+    # How gradients are computed is not the model: a run may resume with either.
+    other = config_fields.override(config, {"model.transposed_weight_gradients": "false"})
+    assert config_fields.config_differences(config, other) == []
 
 
 def test_unwritable_workdir_is_refused_early(tmp_path):

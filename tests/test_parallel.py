@@ -53,6 +53,21 @@ def test_four_devices_equal_one_device(parallelism):
     _assert_same_updates(multi_params, single_params, state.params)
 
 
+@pytest.mark.parametrize("parallelism", ["pmap", "mesh"])
+def test_compiled_train_step_is_the_program_train_step_runs(parallelism):
+    config = micro_config(parallelism=parallelism)
+    strategy = parallel.make_strategy(config)
+    state = jax.device_get(training.create_train_state(config, jax.random.key(0)))
+    batch = strategy.put_batch(random_batch(np.random.default_rng(0), rows=8))
+    rng = parallel.step_rng(jax.random.key(1), 0)
+    compiled = strategy.compiled_train_step(strategy.put_state(state), batch, rng)
+    assert "ENTRY" in compiled.as_text() and " dot(" in compiled.as_text()
+    _, want = strategy.train_step(strategy.put_state(state), batch, rng)
+    _, got = compiled(strategy.put_state(state), batch, rng)
+    np.testing.assert_allclose(training.summarize(strategy.metrics(got))["loss"],
+                               training.summarize(strategy.metrics(want))["loss"], rtol=1e-6)
+
+
 def _assert_same_updates(got_params, want_params, initial_params, fraction=1e-2):
     """Both runs moved every parameter the same way, up to ``fraction`` of the update.
 

@@ -1,6 +1,7 @@
 """training.py: the schedule, the optimizer recipe and the pure train/eval steps."""
 
 import dataclasses
+import functools
 import re
 
 import flax.jax_utils
@@ -285,3 +286,36 @@ def test_a_scanned_model_starts_from_and_trains_like_its_unrolled_twin():
                               jax.tree.leaves(stack_layers(states[0].params, config.model)),
                               strict=True):
         np.testing.assert_allclose(leaf, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["encoder_decoder", "decoder_only"])
+def test_transposed_weight_gradients_train_like_autodiffs(kind):
+    """model.transposed_weight_gradients (linear.py) changes how the Dense weight
+    gradients are computed, not what they are: the same gradients and the same steps."""
+    config = kind_config(kind, learning_rate_scale=1.0, adam_epsilon=1e-6)
+    assert config.model.transposed_weight_gradients
+    autodiff = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, transposed_weight_gradients=False))
+    batch = random_batch(np.random.default_rng(1))
+    start = training.create_train_state(config, jax.random.key(0))
+    initial = jax.device_get(start.params)
+    programs = [str(jax.make_jaxpr(functools.partial(
+        training.train_step, batch=batch, rng=jax.random.key(3), config=c))(start))
+        for c in (config, autodiff)]                   # linear.project's barrier, or not
+    assert "optimization_barrier" in programs[0] and "optimization_barrier" not in programs[1]
+    params, losses = [], []
+    for c in (config, autodiff):
+        state = start
+        step = jax.jit(lambda s, b, c=c: training.train_step(s, b, jax.random.key(3), config=c))
+        run = []
+        for _ in range(3):
+            state, metrics = step(state, batch)
+            run.append(training.summarize(metrics)["loss"])
+        params.append(jax.device_get(state.params))
+        losses.append(run)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert losses[0][-1] < losses[0][0]
+    for got, want, before in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1]),
+                                 jax.tree.leaves(initial), strict=True):
+        update = float(np.abs(want - before).max())
+        assert float(np.abs(got - want).max()) <= 1e-2 * update + 1e-7

@@ -1,0 +1,90 @@
+"""linear.project: the same product and gradients as lax.dot_general under autodiff."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from flax_transformer import linear
+
+
+def _plain(inputs, kernel):
+    return lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())))
+
+
+def _loss_and_grads(product, inputs, kernel, d_outputs):
+    def loss(inputs, kernel):
+        return jnp.sum(product(inputs, kernel).astype(jnp.float32) * d_outputs)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(inputs, kernel)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 5), (2, 1, 3, 5)])
+def test_project_matches_autodiff_of_the_plain_product(shape):
+    keys = jax.random.split(jax.random.key(0), 3)
+    inputs = jax.random.normal(keys[0], shape)                          # [..., I]
+    kernel = jax.random.normal(keys[1], (5, 4))                         # [I, O]
+    d_outputs = jax.random.normal(keys[2], (*shape[:-1], 4))            # [..., O]
+    expected = _loss_and_grads(_plain, inputs, kernel, d_outputs)
+    got = _loss_and_grads(linear.project, inputs, kernel, d_outputs)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    for got_grad, expected_grad in zip(got[1], expected[1], strict=True):
+        assert got_grad.shape == expected_grad.shape
+        np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_project_keeps_low_precision_dtypes():
+    keys = jax.random.split(jax.random.key(1), 3)
+    inputs = jax.random.normal(keys[0], (6, 8), jnp.bfloat16)
+    kernel = jax.random.normal(keys[1], (8, 3), jnp.bfloat16)
+    d_outputs = jax.random.normal(keys[2], (6, 3))
+    expected = _loss_and_grads(_plain, inputs, kernel, d_outputs)
+    got = _loss_and_grads(linear.project, inputs, kernel, d_outputs)
+    for got_grad, expected_grad in zip(got[1], expected[1], strict=True):
+        assert got_grad.dtype == expected_grad.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.float32(got_grad), np.float32(expected_grad),
+                                   rtol=2e-2, atol=2e-2)
+
+
+def test_weight_gradient_is_the_transposed_product():
+    """The point of the module: d_kernel comes from an [O, I] product, then a transpose."""
+    inputs, kernel = jnp.ones((2, 3, 5)), jnp.ones((5, 4))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda k: jnp.sum(linear.project(inputs, k))))(kernel)
+    shapes = [equation.outvars[0].aval.shape
+              for equation in jaxpr.jaxpr.eqns if equation.primitive.name == "dot_general"]
+    shapes += [equation.outvars[0].aval.shape for equation in _inner_equations(jaxpr.jaxpr)
+               if equation.primitive.name == "dot_general"]
+    assert (4, 5) in shapes, shapes
+
+
+def _inner_equations(jaxpr):
+    for equation in jaxpr.eqns:
+        for value in equation.params.values():
+            inner = getattr(value, "jaxpr", None)
+            if inner is not None:
+                inner = getattr(inner, "jaxpr", inner)
+                yield from inner.eqns
+                yield from _inner_equations(inner)
+
+
+def test_dense_with_project_equals_plain_dense():
+    dense = nn.Dense(6, dot_general=linear.dense_dot_general)
+    plain = nn.Dense(6)
+    inputs = jax.random.normal(jax.random.key(2), (2, 3, 4))
+    params = plain.init(jax.random.key(3), inputs)
+
+    def loss(module, params):
+        return jnp.sum(jnp.tanh(module.apply(params, inputs)))
+
+    expected = jax.grad(lambda p: loss(plain, p))(params)
+    got = jax.jit(jax.grad(lambda p: loss(dense, p)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 got, expected)
+
+
+def test_dense_dot_general_leaves_other_products_to_lax():
+    left, right = jnp.arange(6.0).reshape(2, 3), jnp.arange(6.0).reshape(2, 3)
+    numbers = (((0,), (0,)), ((), ()))                      # [2, 3]ᵀ · [2, 3]: not Dense's
+    np.testing.assert_allclose(linear.dense_dot_general(left, right, numbers),
+                               lax.dot_general(left, right, numbers))
