@@ -305,7 +305,7 @@ def profile_ops(step: Callable[[], Any], steps: int, top: int = 12,
         begin = time.perf_counter()
         for _ in range(steps):
             jax.block_until_ready(step())
-        wall_ms = (time.perf_counter() - begin) * 1e3 / steps
+        wall_us = (time.perf_counter() - begin) * 1e6
         jax.profiler.stop_trace()
         path = glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True)[0]
         with gzip.open(path) as handle:
@@ -325,8 +325,8 @@ def profile_ops(step: Callable[[], Any], steps: int, top: int = 12,
                            "calls_per_step": counts[name] // steps}
                           for name, ms in totals.most_common(top)]}
     if matmul_ops:
-        result["wall_split"] = dict(_wall_split(ops, wall_ms * steps * 1e3, steps),
-                                    step_ms=wall_ms)
+        result["wall_split"] = dict(_wall_split(ops, wall_us, steps),
+                                    step_ms=wall_us / 1e3 / steps)
     return result
 
 
@@ -344,6 +344,7 @@ def _wall_split(ops: list[tuple[float, float, bool]], wall_us: float, steps: int
                 moment - last)
         running[matmul] += change
         last = moment
-    per_step_ms = 1e3 * steps                                    # µs of all steps -> ms/step
-    return {"matmul_ms": spent["matmul"] / per_step_ms, "other_ms": spent["other"] / per_step_ms,
-            "no_op_ms": (wall_us - spent["matmul"] - spent["other"]) / per_step_ms}
+    us_per_step_ms = 1e3 * steps                     # µs over all steps -> ms per step
+    return {"matmul_ms": spent["matmul"] / us_per_step_ms,
+            "other_ms": spent["other"] / us_per_step_ms,
+            "no_op_ms": (wall_us - spent["matmul"] - spent["other"]) / us_per_step_ms}

@@ -8,10 +8,11 @@ instructions the runtime executes that hold a dot (a ``dot``, or a fusion such a
 ``ynn_fusion.12`` around one), which is what a profile's op names are.
 
 ``time_alone(entry)`` runs one such dot by itself, jitted, on random operands of the same
-physical layouts, best of a few calls. The sum over the census is the step's *matmul
-floor*: the time its matmuls take when nothing else runs, at the rate this machine's
-matmul library reaches for those shapes. The floor bounds the MFU a step can have
-(model FLOPs ÷ floor ÷ peak) whatever is done about everything that is not a matmul.
+physical layouts, best of a few calls; ``matmul_floor(census(...))`` times them all. The
+sum over the census is the step's *matmul floor*: the time its matmuls take when nothing
+else runs, at the rate this machine's matmul library reaches for those shapes. The floor
+bounds the MFU a step can have (model FLOPs ÷ floor ÷ peak) whatever is done about
+everything that is not a matmul.
 
 Run on its own: ``python benchmarks/matmuls.py program.hlo`` prints the census and floor.
 """
@@ -114,6 +115,7 @@ def census(hlo_text: str) -> dict:
             if opcode == "dot":
                 dims = {key: _ints(value) for key, value in _DIMS.findall(rest)}
                 found.append((shapes[operands[0]], shapes[operands[1]], dims, shape))
+                holders.setdefault(name, set()).add(instruction)
             callees = _CALLEES.findall(rest) + [
                 callee.strip().lstrip("%") for group in _BRANCHES.findall(rest)
                 for callee in group.split(",") if callee.strip()]
@@ -122,8 +124,6 @@ def census(hlo_text: str) -> dict:
             for callee in callees:
                 edges[name].append((callee, times, instruction, opcode))
                 unknown_trips.append(opcode == "while" and not trips)
-            if opcode == "dot":
-                holders.setdefault(name, set()).add(instruction)
         dots[name] = found
     if entry is None:
         raise ValueError("no ENTRY computation in the HLO text")
@@ -211,9 +211,9 @@ def time_alone(entry: dict, repeats: int = 5) -> float:
                           repeats=repeats, warmup=2)["best_s"]
 
 
-def matmul_floor(hlo_text: str, repeats: int = 5) -> dict:
-    """The census, each distinct dot timed alone, and their sum weighted by runs per step."""
-    found = census(hlo_text)
+def matmul_floor(found: dict, repeats: int = 5) -> dict:
+    """A ``census`` with each distinct dot timed alone ("alone_s") and their sum weighted by
+    runs per step ("floor_s")."""
     for entry in found["dots"]:
         entry["alone_s"] = time_alone(entry, repeats)
     found["floor_s"] = sum(entry["alone_s"] * entry["count"] for entry in found["dots"])
@@ -221,7 +221,8 @@ def matmul_floor(hlo_text: str, repeats: int = 5) -> dict:
 
 
 def describe(entry: dict) -> str:
-    """``[1024,512]·[512,512] (K=512)``-style text of a dot, with its batch dims."""
+    """``f32[1024,512] · f32[512,512] contract [1]/[0]``: operands (" col" where a layout is
+    not row-major), contracting dimensions, and batch dimensions if any."""
     def text(shape):
         dtype, dims, minor_to_major = shape
         layout = "" if minor_to_major == tuple(reversed(range(len(dims)))) else " col"
@@ -237,7 +238,7 @@ def main(argv: list[str]) -> int:
     import common
 
     with open(argv[0]) as handle:
-        found = matmul_floor(handle.read())
+        found = matmul_floor(census(handle.read()))
     rows = [(entry["count"], describe(entry), entry["flops"] / 1e9, entry["alone_s"] * 1e3,
              entry["flops"] / entry["alone_s"] / 1e9, entry["count"] * entry["alone_s"] * 1e3)
             for entry in found["dots"]]

@@ -129,10 +129,9 @@ def ours_profile(step, steps: int) -> dict:
     matmul floor: each of the step's dots timed alone (matmuls.py)."""
     import matmuls
 
-    hlo = step.compiled().as_text()
-    found = matmuls.census(hlo)
+    found = matmuls.census(step.compiled().as_text())
     result = common.profile_ops(step, steps, matmul_ops=set(found["ops"]))
-    floor = matmuls.matmul_floor(hlo)
+    floor = matmuls.matmul_floor(found)
     result["matmul_floor"] = {
         "floor_s": floor["floor_s"], "dot_flops": floor["flops"],
         "dots": [{"runs": entry["count"], "dot": matmuls.describe(entry),
