@@ -99,6 +99,8 @@ def ours_session(spec: dict):
     config, batch = spec_config_and_batch(spec)
     if config.train.reuse_host_memory:        # as train.py does, before the backend starts
         parallel.prepare_host_memory_reuse()
+        if spec.get("async_dispatch"):         # the --async-dispatch row: as before 2026-12-02
+            jax.config.update("jax_cpu_enable_async_dispatch", True)
     strategy = parallel.make_strategy(config)
     state = strategy.put_state(training.create_train_state(config, jax.random.key(0)))
     parallel.release_freed_host_memory()       # as train.py does after put_state
@@ -260,6 +262,8 @@ def specs_for(preset: str, tokens: int, args) -> list[dict]:
     if args.autodiff_weight_gradients:
         specs.append(dict(base, impl="ours (autodiff weight gradients)",
                           transposed_weight_gradients=False))
+    if args.async_dispatch:
+        specs.append(dict(base, impl="ours (asynchronous dispatch)", async_dispatch=True))
     specs += [dict(base, impl=f"ours ({flags})", xla_flags=flags) for flags in args.xla_variants]
     return specs
 
@@ -391,6 +395,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--glibc-defaults", action="store_true",
                         help="an extra row of ours with train.reuse_host_memory off: every "
                              "step maps its temporaries anew (glibc's malloc defaults)")
+    parser.add_argument("--async-dispatch", action="store_true",
+                        help="an extra row of ours with JAX's asynchronous CPU dispatch, "
+                             "which train.py turns off while it reuses host memory")
     parser.add_argument("--autodiff-weight-gradients", action="store_true",
                         help="an extra row of ours with model.transposed_weight_gradients "
                              "off: Dense weight gradients as autodiff writes them")

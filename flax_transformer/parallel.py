@@ -298,20 +298,31 @@ def _accelerator_expected() -> bool:
 
 
 def prepare_host_memory_reuse() -> bool:
-    """Lets ``reuse_freed_host_memory`` work: one glibc malloc arena for every thread.
+    """Lets ``reuse_freed_host_memory`` work: one glibc malloc arena, programs run inline.
 
     Call it before JAX starts its CPU backend (its threads take their arenas with their
-    first allocation). XLA:CPU runs a step on a thread of its own, and a thread's own
-    arena hands out blocks over 64 MiB (a step's temporaries: tiny 148 MiB, base 1.1 GiB)
-    as fresh mappings that ``free`` unmaps: every step faults them in again, page by page
-    (tiny: 39,000 faults and 75 ms of kernel time a step; base: 280,000 and 0.55 s). In the
-    shared main arena they can come from the heap and stay there. A no-op, returning
-    False, when a GPU or TPU is expected or the C library is not glibc.
+    first allocation, and the backend reads the dispatch setting when it starts).
+
+    - XLA:CPU runs a step on a thread of its own, and a thread's own arena hands out
+      blocks over 64 MiB (a step's temporaries: tiny 148 MiB, base 1.1 GiB) as fresh
+      mappings that ``free`` unmaps: every step faults them in again, page by page (tiny:
+      39,000 faults and 75 ms of kernel time a step; base: 280,000 and 0.55 s). In the
+      shared main arena they can come from the heap and stay there.
+    - With asynchronous dispatch that thread frees a step's temporaries only after it
+      has made the step's results ready, and on a busy machine the free came tens of
+      milliseconds later, after the next step had taken its own block: the heap then grew
+      by a second block for good (base: 2.5 → 3.6 GiB, in 3 of 3 processes under load).
+      So CPU programs run on the calling thread (``jax_cpu_enable_async_dispatch`` off),
+      which frees them before the call returns; the reuse keeps one step in flight anyway.
+
+    A no-op, returning False, when a GPU or TPU is expected or the C library is not glibc.
     """
     mallopt = _mallopt()
     if mallopt is None or _accelerator_expected():
         return False
     _host_arena["shared"] = bool(mallopt(_M_ARENA_MAX, 1))
+    if _host_arena["shared"]:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     return _host_arena["shared"]
 
 

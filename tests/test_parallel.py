@@ -169,10 +169,8 @@ def faults(calls):
 
 faults(1)
 print("defaults", min(faults(5)))
+print("inline", step(x, w).is_ready())   # programs run on the calling thread
 print("acted", parallel.reuse_freed_host_memory(True))
-# The runtime frees a temporary after the call returns, sometimes after the next one
-# took its own: the heap holds a few of them before calls find one free (mostly; under
-# load some still miss). Without a shared arena none does.
 print("reusing", faults(15))
 with parallel.freed_host_memory_returned():
     print("returned", max(faults(5)))
@@ -184,8 +182,9 @@ parallel.reuse_freed_host_memory(False)
 def test_reused_host_memory_is_not_faulted_in_again():
     """A step's big freed temporaries are reused without page faults while reuse is on.
 
-    In a process of its own: the arena is shared before JAX's CPU threads start. With
-    glibc's defaults each call maps its 96 MiB temporary anew (~24,600 page faults).
+    In a process of its own: the arena is shared and programs run inline before JAX's
+    CPU backend starts. With glibc's defaults each call maps its 96 MiB temporary anew
+    (~24,600 page faults).
     """
     if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
         pytest.skip("mallopt settings are glibc's")
@@ -195,10 +194,12 @@ def test_reused_host_memory_is_not_faulted_in_again():
     assert result.returncode == 0, result.stderr
     seen = {line.split(" ", 1)[0]: ast.literal_eval(line.split(" ", 1)[1])
             for line in result.stdout.splitlines()}
-    assert seen["prepared"] and seen["acted"], result.stdout
+    assert seen["prepared"] and seen["acted"] and seen["inline"], result.stdout
     pages = seen["temporary"] // resource.getpagesize()
     assert pages >= 24576, seen                          # the temporary is not fused away
     assert seen["defaults"] > pages // 2, seen           # mapped anew by every call
     assert seen["returned"] > pages // 2, seen
-    for phase in ("reusing", "reusing_again"):   # a third of the calls fault no page in
+    # Most calls find a freed temporary: small allocations may split one that is not at
+    # the top of the heap, so the heap can take a few before calls find one whole.
+    for phase in ("reusing", "reusing_again"):
         assert sum(count < pages // 20 for count in seen[phase]) >= 5, (phase, seen)
