@@ -309,11 +309,11 @@ def prepare_host_memory_reuse() -> bool:
       39,000 faults and 75 ms of kernel time a step; base: 280,000 and 0.55 s). In the
       shared main arena they can come from the heap and stay there.
     - With asynchronous dispatch that thread frees a step's temporaries only after it
-      has made the step's results ready, and on a busy machine the free came tens of
-      milliseconds later, after the next step had taken its own block: the heap then grew
-      by a second block for good (base: 2.5 → 3.6 GiB, in 3 of 3 processes under load).
-      So CPU programs run on the calling thread (``jax_cpu_enable_async_dispatch`` off),
-      which frees them before the call returns; the reuse keeps one step in flight anyway.
+      has made the step's results ready, and on a busy machine the free often came after
+      the next step had taken a block of its own: the heap then kept two (base: 2.5 →
+      3.6 GiB, in 4 of 4 processes under load). So CPU programs run on the calling thread
+      (``jax_cpu_enable_async_dispatch`` off), which frees them before the call returns
+      (and releases the GIL meanwhile); the reuse keeps one step in flight anyway.
 
     A no-op, returning False, when a GPU or TPU is expected or the C library is not glibc.
     """
