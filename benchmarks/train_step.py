@@ -247,6 +247,27 @@ def start_worker(spec: dict, timeout: float) -> common.Worker:
 # --------------------------------------------------------------------------- the run
 
 
+# Flags that each add a row of ours: (flag, row name, spec entries, help).
+EXTRA_ROWS = (
+    ("--scan-layers", "scan_layers", {"scan_layers": True},
+     "an extra row of ours with model.scan_layers (first step, step time)"),
+    ("--glibc-defaults", "glibc defaults", {"reuse_host_memory": False},
+     "an extra row of ours with train.reuse_host_memory off: every step maps its "
+     "temporaries anew (glibc's malloc defaults)"),
+    ("--autodiff-weight-gradients", "autodiff weight gradients",
+     {"transposed_weight_gradients": False},
+     "an extra row of ours with model.transposed_weight_gradients off: Dense weight "
+     "gradients as autodiff writes them"),
+    ("--async-dispatch", "asynchronous dispatch", {"async_dispatch": True},
+     "an extra row of ours with JAX's asynchronous CPU dispatch, which train.py turns off "
+     "while it reuses host memory"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def specs_for(preset: str, tokens: int, args) -> list[dict]:
     base = {"preset": preset, "length": args.length, "rows": max(1, tokens // args.length),
             "vocab": args.vocab, "dtype": args.dtype, "steps": args.steps,
@@ -255,15 +276,8 @@ def specs_for(preset: str, tokens: int, args) -> list[dict]:
     if args.flax_wmt:
         specs.append(dict(base, impl="flax wmt"))
     specs.append(dict(base, impl="ours"))
-    if args.scan_layers:
-        specs.append(dict(base, impl="ours (scan_layers)", scan_layers=True))
-    if args.glibc_defaults:
-        specs.append(dict(base, impl="ours (glibc defaults)", reuse_host_memory=False))
-    if args.autodiff_weight_gradients:
-        specs.append(dict(base, impl="ours (autodiff weight gradients)",
-                          transposed_weight_gradients=False))
-    if args.async_dispatch:
-        specs.append(dict(base, impl="ours (asynchronous dispatch)", async_dispatch=True))
+    specs += [dict(base, impl=f"ours ({row})", **entries)
+              for flag, row, entries, _ in EXTRA_ROWS if getattr(args, _dest(flag))]
     specs += [dict(base, impl=f"ours ({flags})", xla_flags=flags) for flags in args.xla_variants]
     return specs
 
@@ -389,20 +403,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--xla-variants", type=lambda text: names(text.replace(";", ",")),
                         default=[], help="';'-separated XLA_FLAGS, each an extra row of ours "
                                          "(write it with '=')")
-    parser.add_argument("--scan-layers", action="store_true",
-                        help="an extra row of ours with model.scan_layers (first step, "
-                             "step time)")
-    parser.add_argument("--glibc-defaults", action="store_true",
-                        help="an extra row of ours with train.reuse_host_memory off: every "
-                             "step maps its temporaries anew (glibc's malloc defaults)")
-    parser.add_argument("--async-dispatch", action="store_true",
-                        help="an extra row of ours with JAX's asynchronous CPU dispatch, "
-                             "which train.py turns off while it reuses host memory")
-    parser.add_argument("--autodiff-weight-gradients", action="store_true",
-                        help="an extra row of ours with model.transposed_weight_gradients "
-                             "off: Dense weight gradients as autodiff writes them")
+    for flag, _, _, text in EXTRA_ROWS:
+        parser.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--profile", action="store_true",
-                        help="trace our step with jax.profiler: the costliest ops")
+                        help="trace our steps with jax.profiler: the costliest ops, the "
+                             "step's wall time split by what runs, and its matmul floor")
     parser.add_argument("--worker-timeout", type=float, default=1800.0)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     common.add_json_flag(parser)
