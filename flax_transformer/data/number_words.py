@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flax_transformer.data.builder_info import LocalDatasetInfo
 from flax_transformer.data.errors import DataError
 
 LARGEST = 999_999
@@ -210,7 +211,7 @@ class NumberWords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self, description=__doc__, disable_shuffling=True,
             features=tfds.features.FeaturesDict({"source": text, "target": text,
                                                  "number": np.int64}),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flax_transformer.data.builder_info import LocalDatasetInfo
 from flax_transformer.data.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -112,7 +113,7 @@ class ParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self, description=__doc__, disable_shuffling=True,
             features=tfds.features.FeaturesDict({"source": text, "target": text,
                                                  "line": np.int64}),
