@@ -13,6 +13,44 @@ import jax
 import jax.numpy as jnp
 
 
+def softmax(logits: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """exp(x) / Σ exp(x) over the last axis, counting only where ``mask`` is True.
+
+    Masked entries get 0, and a row with no True entry gets all zeros (not NaN). The
+    derivative is written in terms of the output p, dp = p · (dx - Σ p · dx), so a
+    training step keeps only p for its backward pass. (``jax.nn.softmax`` does that only
+    under the ``jax_softmax_custom_jvp`` flag, off by default in jax 0.10: autodiff of the
+    division kept the exponentials and 1/Σ broadcast to [T, S] as well, and zeroing a
+    fully masked row afterwards kept a second [T, S] array: 2 MiB each per attention in a
+    base step.)
+
+    Args:
+      logits: float [..., S].
+      mask: bool broadcastable to logits, True = counts; None = everywhere.
+
+    Returns:
+      probabilities [..., S], each row summing to 1 (or 0 where fully masked).
+    """
+    return _masked_softmax(logits, jnp.ones((), bool) if mask is None else mask)
+
+
+@jax.custom_jvp
+def _masked_softmax(logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    logits = jnp.where(mask, logits, -jnp.inf)
+    largest = jnp.max(logits, axis=-1, keepdims=True)                   # -inf: fully masked
+    unnormalized = jnp.exp(logits - jnp.where(jnp.isfinite(largest), largest, 0.0))
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    return unnormalized / jnp.where(total > 0, total, 1.0)
+
+
+@_masked_softmax.defjvp
+def _masked_softmax_jvp(primals, tangents):
+    (logits, mask), (logits_dot, _) = primals, tangents
+    probabilities = _masked_softmax(logits, mask)
+    return probabilities, probabilities * (
+        logits_dot - jnp.sum(probabilities * logits_dot, axis=-1, keepdims=True))
+
+
 def scaled_dot_product_attention(
     query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, mask: jnp.ndarray | None = None
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -32,11 +70,7 @@ def scaled_dot_product_attention(
     scale = jnp.sqrt(jnp.asarray(query.shape[-1], dtype=jnp.float32))
     logits = jnp.einsum("tk,sk->ts", query, key, preferred_element_type=jnp.float32)
     logits = logits / scale                                              # [T, S]
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)                            # [T, S]
-    if mask is not None:
-        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+    weights = softmax(logits, mask)                                      # [T, S]
     output = jnp.einsum("ts,sk->tk", weights.astype(value.dtype), value)
     return output, weights
 

@@ -54,9 +54,10 @@ class ModelConfig:
                                       "(parameters stacked [N, ...]): one layer to compile "
                                       "instead of N, steps ~10% slower on CPU (README)")
     transposed_weight_gradients: bool = _field(
-        True, "compute each Dense layer's weight gradient as (dY^T X)^T (linear.py), a "
-              "product YNNPACK takes on a CPU (XLA's form of autodiff's runs on Eigen at a "
-              "third of the rate); the same values up to rounding")
+        True, "compute each Dense layer's weight gradient as (dY^T X)^T and the tied "
+              "output projection's as (X^T dY)^T (linear.py): products YNNPACK takes on a "
+              "CPU without copying dY (XLA's form of autodiff's runs on Eigen at a third "
+              "of the rate); the same values up to rounding")
 
     def validate(self) -> None:
         _one_of(self, "kind", KINDS)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_transformer import attention, linear, random_bits
+from flax_transformer import attention, linear, normalization, random_bits
 from flax_transformer.config import ModelConfig
 from flax_transformer.positions import sinusoidal_positions
 
@@ -56,8 +56,27 @@ class Dropout(nn.Module):
                          jnp.zeros((), inputs.dtype))
 
 
-def layer_norm(config: ModelConfig) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_epsilon, **_dtypes(config))
+class LayerNorm(nn.Module):
+    """nn.LayerNorm's parameters ("scale" ones, "bias" zeros, [D]) around normalization.py.
+
+    The same names and values as ``nn.LayerNorm`` (checkpoints load either way); its
+    gradient keeps fewer arrays alive in a training step (normalization.py says which).
+    """
+
+    epsilon: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        features = inputs.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        return normalization.layer_norm(inputs.astype(self.dtype), scale, bias, self.epsilon)
+
+
+def layer_norm(config: ModelConfig) -> LayerNorm:
+    return LayerNorm(epsilon=config.layer_norm_epsilon, **_dtypes(config))
 
 
 class MultiHeadAttention(nn.Module):
@@ -277,4 +296,8 @@ class Embedder(nn.Module):
 
     def attend(self, hidden: Array) -> Array:
         """Tied output projection: [B, T, D] -> logits [B, T, V]."""
-        return self.embedding.attend(hidden)
+        if not self.config.transposed_weight_gradients:
+            return self.embedding.attend(hidden)
+        hidden, table = nn.dtypes.promote_dtype(hidden, self.embedding.embedding,
+                                                dtype=self.embedding.dtype)
+        return linear.attend(hidden, table)

@@ -1,4 +1,5 @@
-"""x · W for the Dense layers, with its weight gradient in the form matmul libraries favour.
+"""x · W for the Dense layers and the tied output projection, with weight gradients in the
+form matmul libraries favour.
 
 A Dense layer computes ``outputs[..., O] = inputs[..., I] · kernel[I, O]``. Its weight
 gradient sums over every position: ``d_kernel[I, O] = Σ_t inputs[t, I] · d_outputs[t, O]``.
@@ -10,7 +11,9 @@ inputs[T, I])ᵀ``: a plain product of the layouts that are already there. An op
 barrier keeps XLA's simplifier from folding the transpose back into the product; XLA then
 fuses the transpose of the small [O, I] result into the optimizer's update.
 
-The forward product and the input gradient are autodiff's own; the values are the same
+``attend`` does the same for the tied output projection, hidden · tableᵀ.
+
+The forward products and the input gradients are autodiff's own; the values are the same
 up to float rounding (tests/test_linear.py).
 """
 
@@ -47,6 +50,36 @@ def _project_backward(precision, residuals, d_outputs):
 
 
 project.defvjp(_project_forward, _project_backward)
+
+
+@jax.custom_vjp
+def attend(hidden: Array, table: Array) -> Array:
+    """hidden [..., D] · table [V, D]ᵀ -> [..., V]: the tied output projection.
+
+    Its table gradient is ``d_table[V, D] = Σ_t d_logits[t, V] · hidden[t, D]``. For
+    autodiff's form XLA:CPU first copies d_logits [T, V] into [V, T] (125 MiB in a base
+    step, vocabulary 32,000); here the product is ``(hidden[D, T] · d_logits[T, V])ᵀ``,
+    whose only transposed operand is the small hidden [T, D], and XLA fuses the transpose
+    of the [D, V] result into the sum with the embedding's other gradients.
+    """
+    return lax.dot_general(hidden, table, (((hidden.ndim - 1,), (1,)), ((), ())))
+
+
+def _attend_forward(hidden, table):
+    return attend(hidden, table), (hidden, table)
+
+
+def _attend_backward(residuals, d_logits):
+    hidden, table = residuals                                           # [..., D], [V, D]
+    d_hidden = lax.dot_general(d_logits, table,                         # [..., V]·[V, D]
+                               (((d_logits.ndim - 1,), (0,)), ((), ())))
+    positions = tuple(range(d_logits.ndim - 1))
+    d_table_t = lax.dot_general(hidden, d_logits, ((positions, positions), ((), ())))  # [D, V]
+    d_table = lax.optimization_barrier(d_table_t).T                     # [V, D]
+    return d_hidden.astype(hidden.dtype), d_table.astype(table.dtype)
+
+
+attend.defvjp(_attend_forward, _attend_backward)
 
 
 def dense_dot_general(inputs: Array, kernel: Array, dimension_numbers, precision=None,

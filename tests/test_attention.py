@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from flax_transformer import attention
 
@@ -142,3 +143,32 @@ def test_fused_xla_attention_equals_reference_values_and_gradients(use_mask):
     for ours, theirs in zip(jax.grad(fused, (0, 1, 2))(query, key, value),
                             jax.grad(reference, (0, 1, 2))(query, key, value), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5 * float(jnp.max(jnp.abs(theirs))))
+
+
+def test_softmax_values_and_gradients_equal_jax_nn_softmax():
+    logits = jax.random.normal(jax.random.key(0), (3, 4, 9)) * 4
+    weights = jax.random.normal(jax.random.key(1), logits.shape)
+    np.testing.assert_allclose(attention.softmax(logits), jax.nn.softmax(logits), atol=1e-7)
+    ours = jax.grad(lambda x: jnp.sum(attention.softmax(x) * weights))(logits)
+    expected = jax.grad(lambda x: jnp.sum(jax.nn.softmax(x) * weights))(logits)
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+    with jax.enable_x64(True):
+        check_grads(attention.softmax, (np.asarray(logits, np.float64),), order=2)
+
+
+def test_masked_softmax_zeroes_masked_entries_and_fully_masked_rows():
+    logits = jax.random.normal(jax.random.key(2), (2, 3, 5)) * 4
+    mask = jax.random.bernoulli(jax.random.key(3), 0.6, logits.shape).at[0, 1].set(False)
+    probabilities = attention.softmax(logits, mask)
+    shifted = np.where(mask, np.exp(np.asarray(logits, np.float64)), 0.0)
+    totals = shifted.sum(-1, keepdims=True)
+    np.testing.assert_allclose(probabilities, shifted / np.where(totals > 0, totals, 1.0),
+                               atol=1e-6)
+    assert np.all(np.asarray(probabilities[0, 1]) == 0.0)
+    weights = jax.random.normal(jax.random.key(4), logits.shape)
+    gradient = jax.grad(lambda x: jnp.sum(attention.softmax(x, mask) * weights))(logits)
+    assert np.all(np.isfinite(gradient)) and np.all(np.asarray(gradient)[~np.asarray(mask)] == 0)
+    partial = np.asarray(mask).any(-1)
+    expected = jax.grad(lambda x: jnp.sum(jnp.where(
+        partial[..., None], jax.nn.softmax(jnp.where(mask, x, -1e30)), 0.0) * weights))(logits)
+    np.testing.assert_allclose(gradient, expected, atol=1e-6)

@@ -88,3 +88,48 @@ def test_dense_dot_general_leaves_other_products_to_lax():
     numbers = (((0,), (0,)), ((), ()))                      # [2, 3]ᵀ · [2, 3]: not Dense's
     np.testing.assert_allclose(linear.dense_dot_general(left, right, numbers),
                                lax.dot_general(left, right, numbers))
+
+
+def _plain_attend(hidden, table):
+    return hidden @ table.T
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 5)])
+def test_attend_matches_autodiff_of_the_plain_product(shape):
+    keys = jax.random.split(jax.random.key(2), 3)
+    hidden = jax.random.normal(keys[0], shape)                          # [..., D]
+    table = jax.random.normal(keys[1], (11, 5))                         # [V, D]
+    d_logits = jax.random.normal(keys[2], (*shape[:-1], 11))            # [..., V]
+    expected = _loss_and_grads(_plain_attend, hidden, table, d_logits)
+    got = _loss_and_grads(linear.attend, hidden, table, d_logits)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    for got_grad, expected_grad in zip(got[1], expected[1], strict=True):
+        assert got_grad.shape == expected_grad.shape
+        np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_attend_table_gradient_is_the_transposed_product():
+    """The table's gradient comes from a [D, V] product (hiddenᵀ · d_logits), then a transpose."""
+    hidden, table = jnp.ones((2, 3, 5)), jnp.ones((11, 5))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda t: jnp.sum(linear.attend(hidden, t))))(table)
+    shapes = [equation.outvars[0].aval.shape
+              for equation in [*jaxpr.jaxpr.eqns, *_inner_equations(jaxpr.jaxpr)]
+              if equation.primitive.name == "dot_general"]
+    assert (5, 11) in shapes and (11, 5) not in shapes, shapes
+
+
+def test_embedder_attend_equals_nn_embed_attend():
+    from flax_transformer.config import ModelConfig
+    from flax_transformer.layers import Embedder
+    hidden = jax.random.normal(jax.random.key(3), (2, 3, 8))
+    outputs = {}
+    for transposed in (True, False):
+        config = ModelConfig(vocab_size=13, d_model=8, transposed_weight_gradients=transposed)
+        embedder = Embedder(config)
+        params = embedder.init(jax.random.key(4), jnp.zeros((2, 3), jnp.int32))
+
+        def loss(params, hidden, embedder=embedder):
+            return jnp.sum(jnp.sin(embedder.apply(params, hidden, method="attend")))
+        outputs[transposed] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, hidden)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 outputs[True], outputs[False])

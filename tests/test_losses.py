@@ -14,7 +14,7 @@ def _reference_smoothed(logits, targets, weights, smoothing):
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     soft = np.full(logits.shape, smoothing / (vocab - 1))
     np.put_along_axis(soft, targets[..., None], 1.0 - smoothing, axis=-1)
-    entropy = -np.sum(np.where(soft > 0, soft * np.log(soft), 0.0), axis=-1)
+    entropy = -np.sum(soft * np.log(np.where(soft > 0, soft, 1.0)), axis=-1)  # 0 log 0 = 0
     cross = -np.sum(soft * log_probs, axis=-1)
     return np.sum((cross - entropy) * weights), np.sum(weights)
 
@@ -68,6 +68,18 @@ def test_accuracy_counts_the_first_largest_logit_as_argmax_does():
     metrics = losses.token_metrics(logits, jnp.array([[2, 0, 2]]), jnp.ones((1, 3)))
     expected = np.sum(np.argmax(np.asarray(logits), -1) == np.array([[2, 0, 2]]))
     assert float(metrics["accuracy"][0]) == expected == 2.0
+
+
+def test_accuracy_matches_argmax_under_many_ties():
+    rng = np.random.default_rng(7)
+    logits = rng.integers(0, 3, (4, 50, 5)).astype(np.float32)  # most rows tie
+    targets = rng.integers(0, 5, (4, 50))
+    weights = (rng.random((4, 50)) < 0.8).astype(np.float32)
+    metrics = jax.jit(losses.token_metrics)(jnp.asarray(logits), jnp.asarray(targets),
+                                            jnp.asarray(weights))
+    expected = np.sum((np.argmax(logits, -1) == targets) * weights)
+    assert 20 < expected < weights.sum() - 20  # both outcomes occur
+    assert float(metrics["accuracy"][0]) == expected
 
 
 def test_smoothed_loss_gradient_is_softmax_minus_smoothed_targets():
