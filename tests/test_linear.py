@@ -26,8 +26,12 @@ def test_project_matches_autodiff_of_the_plain_product(shape):
     inputs = jax.random.normal(keys[0], shape)                          # [..., I]
     kernel = jax.random.normal(keys[1], (5, 4))                         # [I, O]
     d_outputs = jax.random.normal(keys[2], (*shape[:-1], 4))            # [..., O]
-    expected = _loss_and_grads(_plain, inputs, kernel, d_outputs)
-    got = _loss_and_grads(linear.project, inputs, kernel, d_outputs)
+    _assert_same_loss_and_grads(linear.project, _plain, inputs, kernel, d_outputs)
+
+
+def _assert_same_loss_and_grads(product, plain, inputs, weight, d_outputs):
+    expected = _loss_and_grads(plain, inputs, weight, d_outputs)
+    got = _loss_and_grads(product, inputs, weight, d_outputs)
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
     for got_grad, expected_grad in zip(got[1], expected[1], strict=True):
         assert got_grad.shape == expected_grad.shape
@@ -100,12 +104,7 @@ def test_attend_matches_autodiff_of_the_plain_product(shape):
     hidden = jax.random.normal(keys[0], shape)                          # [..., D]
     table = jax.random.normal(keys[1], (11, 5))                         # [V, D]
     d_logits = jax.random.normal(keys[2], (*shape[:-1], 11))            # [..., V]
-    expected = _loss_and_grads(_plain_attend, hidden, table, d_logits)
-    got = _loss_and_grads(linear.attend, hidden, table, d_logits)
-    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
-    for got_grad, expected_grad in zip(got[1], expected[1], strict=True):
-        assert got_grad.shape == expected_grad.shape
-        np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
+    _assert_same_loss_and_grads(linear.attend, _plain_attend, hidden, table, d_logits)
 
 
 def test_attend_table_gradient_is_the_transposed_product():
