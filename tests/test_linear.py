@@ -8,6 +8,8 @@ import pytest
 from jax import lax
 
 from flax_transformer import linear
+from flax_transformer.config import ModelConfig
+from flax_transformer.layers import Embedder
 
 
 def _plain(inputs, kernel):
@@ -118,8 +120,6 @@ def test_attend_table_gradient_is_the_transposed_product():
 
 
 def test_embedder_attend_equals_nn_embed_attend():
-    from flax_transformer.config import ModelConfig
-    from flax_transformer.layers import Embedder
     hidden = jax.random.normal(jax.random.key(3), (2, 3, 8))
     outputs = {}
     for transposed in (True, False):
