@@ -11,7 +11,7 @@ import numpy as np
 
 from flax_transformer import data, training, translate
 from flax_transformer.config import Config
-from flax_transformer.data import batching
+from flax_transformer.data import batching, chunked
 from flax_transformer.model import Transformer
 
 
@@ -111,7 +111,7 @@ def first_examples(split: Any, count: int) -> Any:
     """The first ``count`` examples of ``split`` (all of it when count is 0)."""
     if not count or count >= len(split):
         return split
-    return [split[index] for index in range(count)]
+    return list(chunked.iterate(split, count))
 
 
 def most_frequent_token_accuracy(batches: list[dict]) -> float:
@@ -150,7 +150,7 @@ class Evaluator:
         config, split, tokenizer = self.config, self.split, self.tokenizer
         count = config.data.eval_examples if max_examples is None else max_examples
         count = min(count, len(split)) if count else len(split)
-        pairs = [split[index] for index in range(count)]
+        pairs = list(chunked.iterate(split, count))
         self.references = [pair["target"] for pair in pairs]
         # Sources as decode.py reads them, cut to what the model was trained on.
         self.sources, _ = translate.encode_sources(

@@ -42,7 +42,8 @@ def report_test(config: Config, workdir: str, splits: dict, tokenizer: data.Toke
                                      max_examples=0)
     hypotheses = evaluator.translations(params)
     references = evaluator.references
-    sources = [splits["test"][index]["source"] for index in range(len(hypotheses))]
+    sources = [pair["source"]
+               for pair in evaluation.first_examples(splits["test"], len(hypotheses))]
     results = {"test_bleu": evaluation.bleu(hypotheses, references)[0],
                "test_chrf": evaluation.chrf(hypotheses, references)[0],
                "test_exact_match": evaluation.exact_match(hypotheses, references)}

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 
 from flax_transformer.config import DataConfig
-from flax_transformer.data import sources
+from flax_transformer.data import chunked, sources
 
 
 class TargetText(Sequence):
@@ -31,15 +31,11 @@ class TargetText(Sequence):
         return {"source": "", "target": self._pairs[index]["target"]}
 
     def __iter__(self) -> Iterator[dict[str, str]]:
-        for index in range(len(self)):
-            yield self[index]
+        return chunked.iterate(self)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, str]]:
-        if hasattr(self._pairs, "__getitems__"):
-            records = self._pairs.__getitems__(indices)
-        else:
-            records = [self._pairs[index] for index in indices]
-        return [{"source": "", "target": record["target"]} for record in records]
+        return [{"source": "", "target": record["target"]}
+                for record in chunked.read(self._pairs, indices)]
 
 
 def _source_config(config: DataConfig) -> DataConfig:

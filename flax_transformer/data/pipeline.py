@@ -14,7 +14,7 @@ import grain
 import numpy as np
 
 from flax_transformer.config import DataConfig
-from flax_transformer.data import batching
+from flax_transformer.data import batching, chunked
 from flax_transformer.data.errors import DataError
 from flax_transformer.data.tokenizer import Tokenizer
 from flax_transformer.data.tokens import TokenizedPairs, tokenize_pairs
@@ -143,7 +143,7 @@ def eval_batches(pairs: Sequence[dict[str, str]], tokenizer: Tokenizer, config: 
       (-1 for filler rows).
     """
     if max_examples:
-        pairs = [pairs[index] for index in range(min(max_examples, len(pairs)))]
+        pairs = list(chunked.iterate(pairs, max_examples))
     tokenized = tokenize_pairs(pairs, tokenizer, config.max_length, "truncate",
                                config.num_workers)
     buckets = batching.bucket_lengths(config.bucket_lengths, config.max_length)

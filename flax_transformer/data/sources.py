@@ -16,6 +16,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from flax_transformer.config import DataConfig
+from flax_transformer.data import chunked
 from flax_transformer.data.errors import DataError
 from flax_transformer.data.number_words import NumberWords
 from flax_transformer.data.parallel_text import SPLITS, ParallelText, ParallelTextConfig
@@ -41,8 +42,7 @@ class TextPairs(Sequence):
         return self._convert(self._records[index])
 
     def __iter__(self) -> Iterator[dict[str, str]]:
-        for index in range(len(self)):  # array_record raises ValueError, not IndexError
-            yield self[index]
+        return chunked.iterate(self)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, str]]:
         """Many records at once (array_record reads them in one call)."""

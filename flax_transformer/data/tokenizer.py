@@ -17,6 +17,7 @@ import numpy as np
 import sentencepiece as spm
 
 from flax_transformer.config import DataConfig
+from flax_transformer.data import chunked
 from flax_transformer.data.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -134,10 +135,10 @@ class Tokenizer:
 def training_sentences(pairs: Sequence[dict[str, str]], limit: int, seed: int = 0):
     """Source and target sentences of a seeded sample of ``pairs``, ``limit`` sentences at most."""
     order = np.random.default_rng(seed).permutation(len(pairs))[: max(1, limit // 2)]
-    for index in order.tolist():
-        pair = pairs[index]
-        yield pair["source"]
-        yield pair["target"]
+    for start in range(0, len(order), chunked.CHUNK):
+        for pair in chunked.read(pairs, order[start:start + chunked.CHUNK].tolist()):
+            yield pair["source"]
+            yield pair["target"]
 
 
 def get_tokenizer(config: DataConfig, workdir: str, train_pairs: Sequence[dict[str, str]],

@@ -19,6 +19,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from flax_transformer.data import chunked
 from flax_transformer.data.errors import DataError
 from flax_transformer.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
@@ -60,10 +61,7 @@ class _EncodeChunk(grain.transforms.Map):
 
     def map(self, chunk: int) -> tuple[list[list[int]], list[list[int]]]:
         indices = range(chunk * _CHUNK, min((chunk + 1) * _CHUNK, len(self._pairs)))
-        if hasattr(self._pairs, "__getitems__"):  # one read for the chunk (array_record)
-            records = self._pairs.__getitems__(list(indices))
-        else:
-            records = [self._pairs[index] for index in indices]
+        records = chunked.read(self._pairs, indices)   # one read for the chunk (array_record)
         return (self._tokenizer.encode_batch([record["source"] for record in records]),
                 self._tokenizer.encode_batch([record["target"] for record in records]))
 
