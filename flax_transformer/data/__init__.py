@@ -6,10 +6,11 @@ SentencePiece.
     batches = data.train_batches(splits["train"], tokenizer, config.data, batch_multiple)
     eval_batches = data.eval_batches(splits["validation"], tokenizer, config.data, multiple)
 
-Files, bottom to top: number_words.py and parallel_text.py (our TFDS builders),
-sources.py (which dataset, prepared once), tokenizer.py (SentencePiece), tokens.py (the
-tokenization cache), batching.py (token-budget plans, buckets, packing), pipeline.py;
-monolingual.py views one side as text for decoder_only/encoder_only runs.
+Files, bottom to top: chunked.py (reading many records of a split per call),
+number_words.py and parallel_text.py (our TFDS builders), sources.py (which dataset,
+prepared once), tokenizer.py (SentencePiece), tokens.py (the tokenization cache),
+batching.py (token-budget plans, buckets, packing), pipeline.py; monolingual.py views
+one side as text for decoder_only/encoder_only runs.
 """
 
 import importlib
