@@ -22,6 +22,12 @@ def read(records: Sequence[Any], indices: Iterable[int]) -> list[Any]:
     return [records[index] for index in indices]
 
 
+def read_in_chunks(records: Sequence[Any], indices: Sequence[int]) -> Iterator[Any]:
+    """``records[i] for i in indices``, in order, CHUNK indices per read."""
+    for start in range(0, len(indices), CHUNK):
+        yield from read(records, indices[start:start + CHUNK])
+
+
 def iterate(records: Sequence[Any], count: int | None = None) -> Iterator[Any]:
     """The first ``count`` records (all by default), in order, CHUNK per read.
 
@@ -29,5 +35,4 @@ def iterate(records: Sequence[Any], count: int | None = None) -> Iterator[Any]:
     IndexError that ends Python's iteration by indexing.
     """
     count = len(records) if count is None else min(count, len(records))
-    for start in range(0, count, CHUNK):
-        yield from read(records, range(start, min(start + CHUNK, count)))
+    return read_in_chunks(records, range(count))

@@ -135,10 +135,9 @@ class Tokenizer:
 def training_sentences(pairs: Sequence[dict[str, str]], limit: int, seed: int = 0):
     """Source and target sentences of a seeded sample of ``pairs``, ``limit`` sentences at most."""
     order = np.random.default_rng(seed).permutation(len(pairs))[: max(1, limit // 2)]
-    for start in range(0, len(order), chunked.CHUNK):
-        for pair in chunked.read(pairs, order[start:start + chunked.CHUNK].tolist()):
-            yield pair["source"]
-            yield pair["target"]
+    for pair in chunked.read_in_chunks(pairs, order.tolist()):
+        yield pair["source"]
+        yield pair["target"]
 
 
 def get_tokenizer(config: DataConfig, workdir: str, train_pairs: Sequence[dict[str, str]],
