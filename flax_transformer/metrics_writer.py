@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 
 
 class MetricsWriter:
@@ -22,7 +23,10 @@ class MetricsWriter:
 
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # tensorboardX names its event file by the second and the host only: a run
+            # resumed within the same second would truncate the last one's file.
+            self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                              filename_suffix=f".{uuid.uuid4().hex[:8]}")
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.enabled:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 
 from flax_transformer import checkpoint, data, evaluation, parallel, training
@@ -83,14 +82,18 @@ def _report_test_text(config: Config, workdir: str, splits: dict, tokenizer: dat
                       verbose: bool) -> dict:
     """The test report of a decoder_only/encoder_only run: loss metrics of the best
     checkpoint on the test split (all of it, or its first eval.test_report examples)."""
-    target = jax.device_get(training.create_train_state(config, jax.random.key(0)))
-    params, _, what = checkpoint.restore_params(workdir, target, "best")
-    strategy = parallel.make_strategy(config)
     test = evaluation.first_examples(splits["test"], config.eval.test_examples)
     if not len(test):
         return {}
+    # The restore target needs shapes only, and the evaluation the parameters only: no
+    # initial state is built (op by op, seconds at larger presets) to be thrown away.
+    shapes = training.train_state_shapes(config)
+    params, _, what = checkpoint.restore_params(workdir, shapes, "best")
+    strategy = parallel.make_strategy(config)
     evaluator = evaluation.Evaluator(config, test, tokenizer, strategy, max_batches=0)
-    results = evaluator.loss_metrics(strategy.put_state(target.replace(params=params)))
+    state = shapes.replace(step=np.zeros((), np.int32), params=params, opt_state=(),
+                           ema_params=None)
+    results = evaluator.loss_metrics(strategy.put_state(state))
     if verbose:
         print(f"\ntest split ({len(test)} sentences, {what}): " + ", ".join(
             f"{name} {value:.4g}" for name, value in results.items()))
