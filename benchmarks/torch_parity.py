@@ -113,14 +113,15 @@ def randomize_norms_and_biases(model: nn.Module, generator: torch.Generator) -> 
 
 
 def attention_params(attention: nn.MultiheadAttention) -> dict:
-    """torch in_proj [3D, D] / out_proj -> our bias-free query/key/value/output kernels."""
+    """torch in_proj [3D, D] / out_proj -> our bias-free query/key/value/output kernels
+    ([O, I], as torch stores them; ``copy_weights`` transposes them for "in_out")."""
     weights = attention.in_proj_weight.chunk(3)
-    return {"query": {"kernel": weights[0].T}, "key": {"kernel": weights[1].T},
-            "value": {"kernel": weights[2].T}, "output": {"kernel": attention.out_proj.weight.T}}
+    return {"query": {"kernel": weights[0]}, "key": {"kernel": weights[1]},
+            "value": {"kernel": weights[2]}, "output": {"kernel": attention.out_proj.weight}}
 
 
 def dense_params(linear: nn.Linear) -> dict:
-    return {"kernel": linear.weight.T, "bias": linear.bias}
+    return {"kernel": linear.weight, "bias": linear.bias}
 
 
 def norm_params(norm: nn.LayerNorm) -> dict:
@@ -149,8 +150,9 @@ def decoder_layer_params(layer: nn.TransformerDecoderLayer) -> dict:
     }
 
 
-def copy_weights(torch_model: TorchSeq2Seq, shapes: dict) -> dict:
-    """Our params (same tree and shapes as ``shapes``) holding the torch model's weights."""
+def copy_weights(torch_model: TorchSeq2Seq, shapes: dict, kernel_layout: str) -> dict:
+    """Our params (same tree and shapes as ``shapes``) holding the torch model's weights;
+    Dense kernels [O, I] as torch's, or [I, O] for ``kernel_layout`` "in_out"."""
     transformer = torch_model.transformer
     params = {
         "source_embedder": {"embedding": {"embedding": torch_model.source_embedding.weight}},
@@ -162,7 +164,10 @@ def copy_weights(torch_model: TorchSeq2Seq, shapes: dict) -> dict:
         "output_projection": {"projection": dense_params(torch_model.projection)},
     }
     params = {name: tree for name, tree in params.items() if name in shapes}   # tied ones
-    params = jax.tree_util.tree_map(lambda t: jnp.asarray(t.detach().numpy()), params)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, t: jnp.asarray(t.detach().numpy().T if kernel_layout == "in_out" and
+                                    jax.tree_util.keystr(path).endswith("['kernel']")
+                                    else t.detach().numpy()), params)
     expected = jax.tree_util.tree_structure(shapes)
     if jax.tree_util.tree_structure(params) != expected:
         raise SystemExit(f"parameter trees differ:\n ours  {expected}\n torch "
@@ -248,7 +253,7 @@ def copied_models(config: Config, rows: int, length: int, seed: int = 0):
     unrolled = dataclasses.replace(config.model, scan_layers=False)    # torch's own layout
     shapes = jax.eval_shape(Transformer(unrolled).init, jax.random.key(0), source,
                             target)["params"]
-    params = copy_weights(model, shapes)
+    params = copy_weights(model, shapes, config.model.kernel_layout)
     if config.model.scan_layers:
         params = stack_layers(params, unrolled)
     return model, ours, params, source, target

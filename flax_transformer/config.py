@@ -59,6 +59,12 @@ class ModelConfig:
               "CPU without copying dY (XLA's form of autodiff's runs on Eigen at a third "
               "of the rate); the same values up to rounding")
 
+    kernel_layout: str = _field(
+        "out_in", "how Dense kernels are stored: 'out_in' [O, I] (as torch.nn.Linear: the "
+                  "weight gradient comes out in the kernel's layout, ~10% faster base steps "
+                  "on CPU) or 'in_out' [I, O] (flax.linen.Dense's; runs saved before "
+                  "2026-12-03). A run keeps the layout it was started with")
+
     def validate(self) -> None:
         _one_of(self, "kind", KINDS)
         _positive(self, "vocab_size", "d_model", "num_heads", "d_ff", "max_length")
@@ -71,6 +77,7 @@ class ModelConfig:
             )
         _in_unit_interval(self, "dropout_rate")
         _one_of(self, "norm", ("post_ln", "pre_ln"))
+        _one_of(self, "kernel_layout", KERNEL_LAYOUTS)
         _one_of(self, "dtype", ("float32", "bfloat16"))
         _one_of(self, "param_dtype", ("float32", "bfloat16"))
         _positive(self, "layer_norm_epsilon")
@@ -94,6 +101,7 @@ class ModelConfig:
 
 
 KINDS = ("encoder_decoder", "decoder_only", "encoder_only")
+KERNEL_LAYOUTS = ("out_in", "in_out")
 _LAYERS_USED = {"encoder_decoder": (), "decoder_only": ("num_decoder_layers",),
                 "encoder_only": ("num_encoder_layers",)}
 

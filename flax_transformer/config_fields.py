@@ -72,6 +72,11 @@ def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# Fields whose default changed after runs were saved without them: a config.json that lacks
+# one describes checkpoints written the old way.
+_LEGACY_DEFAULTS = {"model": {"kernel_layout": "in_out"}}
+
+
 def from_dict(values: dict[str, Any]) -> Config:
     """Rebuilds a Config from ``to_dict`` output (e.g. a run's config.json).
 
@@ -90,7 +95,7 @@ def from_dict(values: dict[str, Any]) -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"config section {f.name!r} is {json.dumps(raw)}, not an object "
                               "of fields.")
-        raw = dict(raw)
+        raw = {**_LEGACY_DEFAULTS.get(f.name, {}), **raw}
         unknown = set(raw) - set(hints)
         if unknown:
             raise ConfigError(f"unknown keys in config section {f.name!r}: {sorted(unknown)}")
@@ -132,9 +137,9 @@ def config_differences(saved: Config, new: Config) -> list[str]:
         old_values = to_dict(saved)[section]
         new_values = to_dict(new)[section]
         for key in sorted(old_values):
-            # scan_layers is the layout of the same parameters: a run keeps its own.
-            # transposed_weight_gradients changes how gradients are computed, not the model.
-            if key in ("num_workers", "eval_examples", "scan_layers",
+            # scan_layers and kernel_layout are layouts of the same parameters: a run keeps
+            # its own. transposed_weight_gradients changes how gradients are computed.
+            if key in ("num_workers", "eval_examples", "scan_layers", "kernel_layout",
                        "transposed_weight_gradients"):
                 continue
             if old_values[key] != new_values.get(key):

@@ -26,10 +26,49 @@ def _dtypes(config: ModelConfig) -> dict:
 
 
 def dense(config: ModelConfig, features: int, name: str | None = None,
-          use_bias: bool = True) -> nn.Dense:
+          use_bias: bool = True) -> nn.Module:
+    """x · W + b, W stored as ``config.kernel_layout`` says (same initial numbers either way)."""
+    if config.kernel_layout == "out_in":
+        return DenseOutIn(features, use_bias=use_bias, name=name,
+                          custom_gradient=config.transposed_weight_gradients,
+                          **_dtypes(config))
     dot_general = linear.dense_dot_general if config.transposed_weight_gradients else None
     return nn.Dense(features, kernel_init=nn.initializers.xavier_uniform(), name=name,
                     use_bias=use_bias, dot_general=dot_general, **_dtypes(config))
+
+
+def _xavier_uniform_out_in(key: jax.Array, shape: tuple[int, int], dtype: Any) -> Array:
+    """nn.Dense's xavier_uniform draw of the [I, O] kernel, stored transposed as [O, I]."""
+    return nn.initializers.xavier_uniform()(key, shape[::-1], dtype).T
+
+
+class DenseOutIn(nn.Module):
+    """nn.Dense with its kernel stored [O, I] (``torch.nn.Linear``'s layout).
+
+    ``outputs[..., O] = inputs[..., I] · kernel[O, I]ᵀ + bias[O]``. The weight gradient
+    ``dY[O, T] · X[T, I]`` comes out in the kernel's own layout, so Adam reads it
+    contiguously (linear.project_out_in); with ``custom_gradient`` off, autodiff's.
+    """
+
+    features: int
+    use_bias: bool = True
+    custom_gradient: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        kernel = self.param("kernel", _xavier_uniform_out_in,
+                            (self.features, jnp.shape(inputs)[-1]), self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                           self.param_dtype) if self.use_bias else None)
+        inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        if self.custom_gradient:
+            outputs = linear.project_out_in(inputs, kernel)               # [..., O]
+        else:
+            outputs = jax.lax.dot_general(inputs, kernel,
+                                          (((inputs.ndim - 1,), (1,)), ((), ())))
+        return outputs if bias is None else outputs + bias
 
 
 class Dropout(nn.Module):

@@ -13,6 +13,11 @@ fuses the transpose of the small [O, I] result into the optimizer's update.
 
 ``attend`` does the same for the tied output projection, hidden · tableᵀ.
 
+``project_out_in`` is the product for kernels stored [O, I] (``model.kernel_layout =
+"out_in"``, as ``torch.nn.Linear`` stores them): the weight gradient ``dY[O, T] · X[T, I]``
+is then the kernel's own layout, with no transpose left for the optimizer to read with a
+stride (base step on two CPU cores: about 10 % faster).
+
 The forward products and the input gradients are autodiff's own; the values are the same
 up to float rounding (tests/test_linear.py).
 """
@@ -50,6 +55,30 @@ def _project_backward(precision, residuals, d_outputs):
 
 
 project.defvjp(_project_forward, _project_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project_out_in(inputs: Array, kernel: Array, precision=None) -> Array:
+    """inputs [..., I] · kernel [O, I]ᵀ -> [..., O]."""
+    return lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (1,)), ((), ())),
+                           precision=precision)
+
+
+def _project_out_in_forward(inputs, kernel, precision):
+    return project_out_in(inputs, kernel, precision), (inputs, kernel)
+
+
+def _project_out_in_backward(precision, residuals, d_outputs):
+    inputs, kernel = residuals                                          # [..., I], [O, I]
+    d_inputs = lax.dot_general(d_outputs, kernel,                      # [..., O]·[O, I]
+                               (((d_outputs.ndim - 1,), (0,)), ((), ())), precision=precision)
+    positions = tuple(range(d_outputs.ndim - 1))
+    d_kernel = lax.dot_general(d_outputs, inputs,                       # [O, I]
+                               ((positions, positions), ((), ())), precision=precision)
+    return d_inputs.astype(inputs.dtype), d_kernel.astype(kernel.dtype)
+
+
+project_out_in.defvjp(_project_out_in_forward, _project_out_in_backward)
 
 
 @jax.custom_vjp

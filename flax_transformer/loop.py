@@ -346,20 +346,25 @@ def train_and_evaluate(config: Config, workdir: str, fresh: bool = False) -> dic
 
 
 def _saved_layout(config: Config, saved: Config | None) -> Config:
-    """A resumed run keeps the layer layout its checkpoints were written in.
+    """A resumed run keeps the parameter layout its checkpoints were written in.
 
-    ``model.scan_layers`` stores the same parameters stacked or one layer at a time; the
-    checkpoints (and their averages) of one run share one layout, so a resume asking for
-    the other one continues in the saved one, and says so.
+    ``model.scan_layers`` stores the same parameters stacked or one layer at a time, and
+    ``model.kernel_layout`` each Dense kernel as [O, I] or [I, O]; the checkpoints (and
+    their averages) of one run share one layout, so a resume asking for another one
+    continues in the saved one, and says so.
     """
-    if saved is None or saved.model.scan_layers == config.model.scan_layers:
+    if saved is None:
+        return config
+    kept = {field: getattr(saved.model, field) for field in ("scan_layers", "kernel_layout")
+            if getattr(saved.model, field) != getattr(config.model, field)}
+    if not kept:
         return config
     if jax.process_index() == 0:
-        print(f"resuming in the run's own layer layout: model.scan_layers="
-              f"{saved.model.scan_layers} (as saved; for scan_layers="
-              f"{config.model.scan_layers}, start a new run in another --workdir)")
-    return dataclasses.replace(
-        config, model=dataclasses.replace(config.model, scan_layers=saved.model.scan_layers))
+        asked = ", ".join(f"{field}={getattr(config.model, field)!r}" for field in kept)
+        print("resuming in the run's own parameter layout: " + ", ".join(
+            f"model.{field}={value!r}" for field, value in kept.items())
+            + f" (as saved; for {asked}, start a new run in another --workdir)")
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **kept))
 
 
 def _lock(workdir: str) -> None:

@@ -26,8 +26,13 @@ def small_config(**changes) -> ModelConfig:
 # ----------------------------------------------------------------- float64 reference
 
 
-def _f64(tree):
-    return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, np.float64), tree)
+def _f64(tree, config: ModelConfig):
+    """float64 copies of our params, Dense kernels as [I, O] (x W) whatever the layout."""
+    def convert(path, leaf):
+        leaf = np.asarray(leaf, np.float64)
+        is_kernel = jax.tree_util.keystr(path).endswith("['kernel']")
+        return leaf.T if is_kernel and config.kernel_layout == "out_in" else leaf
+    return jax.tree_util.tree_map_with_path(convert, tree)
 
 
 def ref_layer_norm(x, params):
@@ -113,25 +118,27 @@ def _inputs(seed, shape):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("norm", ["post_ln", "pre_ln"])
-def test_encoder_layer_matches_paper_equations(norm):
-    config = small_config(norm=norm)
+@pytest.mark.parametrize("norm, layout", [("post_ln", "out_in"), ("pre_ln", "out_in"),
+                                          ("post_ln", "in_out")])
+def test_encoder_layer_matches_paper_equations(norm, layout):
+    config = small_config(norm=norm, kernel_layout=layout)
     inputs = _inputs(0, (2, 5, 16))
     source_tokens = np.array([[3, 4, 5, 6, 7], [3, 4, 5, 0, 0]])
     mask = masks.encoder_mask(source_tokens)                            # [B, 1, 1, S]
     layer = EncoderLayer(config)
     params = _random_params(layer, 2, inputs, mask)
     outputs = jax.jit(layer.apply)({"params": params}, inputs, mask)
-    expected = ref_encoder_layer(np.float64(inputs), _f64(params),
+    expected = ref_encoder_layer(np.float64(inputs), _f64(params, config),
                                  np.broadcast_to(mask[:, 0], (2, 5, 5)), 4, norm)
     diff = np.max(np.abs(np.asarray(outputs) - expected))
     print(f"EncoderLayer ({norm}) max |diff| vs float64 reference: {diff:.3e}")
     assert diff < 1e-5
 
 
-@pytest.mark.parametrize("norm", ["post_ln", "pre_ln"])
-def test_decoder_layer_matches_paper_equations(norm):
-    config = small_config(norm=norm)
+@pytest.mark.parametrize("norm, layout", [("post_ln", "out_in"), ("pre_ln", "out_in"),
+                                          ("post_ln", "in_out")])
+def test_decoder_layer_matches_paper_equations(norm, layout):
+    config = small_config(norm=norm, kernel_layout=layout)
     inputs, encoded = _inputs(3, (2, 4, 16)), _inputs(4, (2, 5, 16))
     source_tokens = np.array([[3, 4, 5, 6, 7], [3, 4, 0, 0, 0]])
     target_tokens = np.array([[2, 8, 9, 10], [2, 8, 9, 0]])
@@ -141,7 +148,8 @@ def test_decoder_layer_matches_paper_equations(norm):
     params = _random_params(layer, 6, inputs, encoded, self_mask, cross)
     outputs, cache = jax.jit(layer.apply)({"params": params}, inputs, encoded, self_mask, cross)
     assert cache is None
-    expected = ref_decoder_layer(np.float64(inputs), np.float64(encoded), _f64(params),
+    expected = ref_decoder_layer(np.float64(inputs), np.float64(encoded),
+                                 _f64(params, config),
                                  np.asarray(self_mask[:, 0]),
                                  np.broadcast_to(cross[:, 0], (2, 4, 5)), 4, norm)
     diff = np.max(np.abs(np.asarray(outputs) - expected))
@@ -179,7 +187,8 @@ def test_feed_forward_is_relu_mlp():
     module = FeedForward(config)
     params = _random_params(module, 0, inputs)
     np.testing.assert_allclose(module.apply({"params": params}, inputs),
-                               ref_feed_forward(np.float64(inputs), _f64(params)), atol=1e-5)
+                               ref_feed_forward(np.float64(inputs), _f64(params, config)),
+                               atol=1e-5)
 
 
 def test_embedder_scales_by_sqrt_d_model_and_adds_positions():

@@ -1,4 +1,5 @@
-"""linear.project: the same product and gradients as lax.dot_general under autodiff."""
+"""linear.project, project_out_in and attend: the same products and gradients as
+lax.dot_general under autodiff."""
 
 import flax.linen as nn
 import jax
@@ -38,6 +39,32 @@ def _assert_same_loss_and_grads(product, plain, inputs, weight, d_outputs):
     for got_grad, expected_grad in zip(got[1], expected[1], strict=True):
         assert got_grad.shape == expected_grad.shape
         np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+def _plain_out_in(inputs, kernel):
+    return inputs @ kernel.T
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 5), (2, 1, 3, 5)])
+def test_project_out_in_matches_autodiff_of_the_plain_product(shape):
+    keys = jax.random.split(jax.random.key(5), 3)
+    inputs = jax.random.normal(keys[0], shape)                          # [..., I]
+    kernel = jax.random.normal(keys[1], (4, 5))                         # [O, I]
+    d_outputs = jax.random.normal(keys[2], (*shape[:-1], 4))            # [..., O]
+    _assert_same_loss_and_grads(linear.project_out_in, _plain_out_in, inputs, kernel,
+                                d_outputs)
+
+
+def test_project_out_in_weight_gradient_needs_no_transpose():
+    """The point of the [O, I] layout: the weight gradient's product is the kernel's shape,
+    and no transpose follows it."""
+    inputs, kernel = jnp.ones((2, 3, 5)), jnp.ones((4, 5))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda k: jnp.sum(linear.project_out_in(inputs, k))))(
+        kernel)
+    equations = [*jaxpr.jaxpr.eqns, *_inner_equations(jaxpr.jaxpr)]
+    shapes = [e.outvars[0].aval.shape for e in equations if e.primitive.name == "dot_general"]
+    assert (4, 5) in shapes, shapes
+    assert not [e for e in equations if e.primitive.name == "transpose"]
 
 
 def test_project_keeps_low_precision_dtypes():
@@ -87,6 +114,33 @@ def test_dense_with_project_equals_plain_dense():
     got = jax.jit(jax.grad(lambda p: loss(dense, p)))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  got, expected)
+
+
+@pytest.mark.parametrize("custom_gradient", [True, False])
+def test_dense_out_in_is_nn_dense_with_the_kernel_transposed(custom_gradient):
+    """Same initial numbers (transposed), outputs and gradients as flax's nn.Dense."""
+    from flax_transformer.layers import DenseOutIn
+
+    inputs = jax.random.normal(jax.random.key(2), (2, 3, 4))
+    plain = nn.Dense(6, kernel_init=nn.initializers.xavier_uniform())
+    out_in = DenseOutIn(6, custom_gradient=custom_gradient)
+    params = plain.init(jax.random.key(3), inputs)["params"]
+    params = {"kernel": params["kernel"],
+              "bias": jax.random.normal(jax.random.key(4), (6,))}
+    out_in_params = out_in.init(jax.random.key(3), inputs)["params"]
+    assert out_in_params["kernel"].shape == (6, 4)                      # [O, I]
+    np.testing.assert_array_equal(out_in_params["kernel"], params["kernel"].T)
+    np.testing.assert_array_equal(out_in_params["bias"], np.zeros(6))
+
+    def loss(module, params):
+        return jnp.sum(jnp.tanh(module.apply({"params": params}, inputs)))
+
+    expected = jax.value_and_grad(lambda p: loss(plain, p))(params)
+    transposed = {"kernel": params["kernel"].T, "bias": params["bias"]}
+    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(out_in, p)))(transposed)
+    np.testing.assert_allclose(value, expected[0], rtol=1e-6)
+    np.testing.assert_allclose(grads["kernel"], expected[1]["kernel"].T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads["bias"], expected[1]["bias"], rtol=1e-5, atol=1e-6)
 
 
 def test_dense_dot_general_leaves_other_products_to_lax():

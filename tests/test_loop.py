@@ -194,12 +194,44 @@ def test_a_resume_keeps_the_layer_layout_its_checkpoints_have(corpus, tmp_path, 
                             interrupted)
     capsys.readouterr()
     loop.train_and_evaluate(unrolled, interrupted)
-    assert "resuming in the run's own layer layout: model.scan_layers=True" in (
+    assert "resuming in the run's own parameter layout: model.scan_layers=True" in (
         capsys.readouterr().out)
     assert checkpoint.load_config(interrupted).model.scan_layers
     params = _params(interrupted, scanned)
     assert set(params["decoder"]) == {"layers"}
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(_params(straight, scanned)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_run_saved_before_kernel_layout_resumes_with_its_in_out_kernels(corpus, tmp_path,
+                                                                         capsys):
+    """A config.json without model.kernel_layout (runs before 2026-12-03) means [I, O]
+    kernels: resumed under today's default ("out_in") it continues with them, says so,
+    and ends as the uninterrupted run does."""
+    config = _config(corpus)
+    assert config.model.kernel_layout == "out_in"
+    old = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, kernel_layout="in_out"))
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    loop.train_and_evaluate(old, straight)
+    loop.train_and_evaluate(config_fields.override(old, {"train.num_steps": "3"}),
+                            interrupted)
+    path = checkpoint.config_path(interrupted)
+    with open(path) as handle:
+        saved = json.load(handle)
+    del saved["model"]["kernel_layout"]                   # as an older version wrote it
+    with open(path, "w") as handle:
+        json.dump(saved, handle)
+    assert checkpoint.load_config(interrupted).model.kernel_layout == "in_out"
+    capsys.readouterr()
+    loop.train_and_evaluate(config, interrupted)
+    assert ("resuming in the run's own parameter layout: model.kernel_layout='in_out'"
+            in capsys.readouterr().out)
+    params = _params(interrupted, old)
+    kernel = params["decoder"]["layer_0"]["feed_forward"]["hidden"]["kernel"]
+    assert kernel.shape == (old.model.d_model, old.model.d_ff)           # [I, O]
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(_params(straight, old)),
                          strict=True):
         np.testing.assert_array_equal(got, want)
 
