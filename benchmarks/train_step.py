@@ -78,6 +78,9 @@ def spec_config_and_batch(spec: dict):
     if spec.get("scan_layers"):
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, scan_layers=True))
+    if spec.get("kernel_layout"):
+        config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, kernel_layout=spec["kernel_layout"]))
     if not spec.get("transposed_weight_gradients", True):
         config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, transposed_weight_gradients=False))
@@ -258,6 +261,9 @@ EXTRA_ROWS = (
      {"transposed_weight_gradients": False},
      "an extra row of ours with model.transposed_weight_gradients off: Dense weight "
      "gradients as autodiff writes them"),
+    ("--in-out-kernels", "in_out kernels", {"kernel_layout": "in_out"},
+     "an extra row of ours with model.kernel_layout='in_out': Dense kernels stored [I, O] "
+     "(flax.linen.Dense's layout, runs saved before 2026-12-03)"),
     ("--async-dispatch", "asynchronous dispatch", {"async_dispatch": True},
      "an extra row of ours with JAX's asynchronous CPU dispatch, which train.py turns off "
      "while it reuses host memory"),
