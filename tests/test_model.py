@@ -49,7 +49,7 @@ TARGET = random_tokens(1, [5, 2, 4], 5, first=2)       # [B, T], BOS-shifted
 
 
 def random_params(shapes, seed):
-    """float32 params for the shapes ``init`` gives: kernels ~ N(0, 1/fan_in), LayerNorm
+    """float32 params for the shapes ``init`` gives: matrices ~ N(0, 1/rows), LayerNorm
     scales ~ 1 + N(0, 0.2²), biases ~ N(0, 0.2²) (non-zero so that each one is checked).
     Cheaper than compiling ``init`` for every configuration."""
     rng = np.random.default_rng(seed)

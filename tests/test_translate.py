@@ -42,11 +42,15 @@ def _random_params(model, *inputs, seed=0):
     """Random params of the right shapes without compiling Flax's init (seconds saved).
 
     Matrices get variance 1/fan-in, vectors (biases, LayerNorm) small noise around 0 or 1.
+    Dense kernels stored [O, I] get the numbers of their [I, O] twins, transposed.
     """
     shapes = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
     rng = np.random.RandomState(seed)
+    out_in = model.config.kernel_layout == "out_in"
 
     def draw(path, leaf):
+        if leaf.ndim >= 2 and out_in and jax.tree_util.keystr(path).endswith("['kernel']"):
+            return rng.normal(0, leaf.shape[1] ** -0.5, leaf.shape[::-1]).T.astype(np.float32)
         if leaf.ndim >= 2:
             return rng.normal(0, leaf.shape[0] ** -0.5, leaf.shape).astype(np.float32)
         centre = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
@@ -84,6 +88,8 @@ def _uncached_greedy(model, params, sources, max_length):
     for step in range(max_length):
         logits = np.array(forward(target))
         logits[..., PAD] = -np.inf
+        if step == 0:                      # translate's min_length >= 1: never an empty output
+            logits[..., EOS] = -np.inf
         token = np.where(done, PAD, logits[:, step].argmax(-1))
         outputs[:, step] = token
         if step + 1 < max_length:
