@@ -104,7 +104,8 @@ def ours_session(spec: dict):
         parallel.prepare_host_memory_reuse()
         if spec.get("async_dispatch"):         # the --async-dispatch row: as before 2026-12-02
             jax.config.update("jax_cpu_enable_async_dispatch", True)
-    strategy = parallel.make_strategy(config)
+    strategy = (parallel.PmapStrategy(config) if spec.get("pmap_strategy")
+                else parallel.make_strategy(config))
     state = strategy.put_state(training.create_train_state(config, jax.random.key(0)))
     parallel.release_freed_host_memory()       # as train.py does after put_state
     batch = strategy.put_batch(batch)
@@ -264,6 +265,9 @@ EXTRA_ROWS = (
     ("--in-out-kernels", "in_out kernels", {"kernel_layout": "in_out"},
      "an extra row of ours with model.kernel_layout='in_out': Dense kernels stored [I, O] "
      "(flax.linen.Dense's layout, runs saved before 2026-12-03)"),
+    ("--pmap-one-device", "pmap over one device", {"pmap_strategy": True},
+     "an extra row of ours with parallel.PmapStrategy over this one device, as train.py's "
+     "default ran before 2026-12-03 (now pmap over one device runs the jit step)"),
     ("--async-dispatch", "asynchronous dispatch", {"async_dispatch": True},
      "an extra row of ours with JAX's asynchronous CPU dispatch, which train.py turns off "
      "while it reuses host memory"),

@@ -197,7 +197,7 @@ def _announce(run: _Run) -> None:
     config = run.config
     print(f"flax_transformer: preset {config.name!r}, "
           f"{training.parameter_count(config.model) / 1e6:.2f} M parameters, "
-          f"{config.train.parallelism} over {parallel.describe_devices()}")
+          f"{run.strategy.name} over {parallel.describe_devices()}")
     describe = data.describe_text if config.model.monolingual else data.describe
     print(f"data: {describe(config.data)}; "
           f"{config.data.tokens_per_batch} tokens per batch; workdir {run.workdir}")

@@ -158,6 +158,8 @@ def describe_devices() -> str:
 class PmapStrategy:
     """One replica of the state per local device; gradients summed with lax.psum."""
 
+    name = "pmap"
+
     def __init__(self, config: Config):
         self.batch_multiple = jax.local_device_count()
         step = functools.partial(training.train_step, config=config, axis_name=AXIS)
@@ -205,12 +207,13 @@ class PmapStrategy:
 class MeshStrategy:
     """jit over a 1-D ``data`` mesh: batch sharded on rows, state replicated."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, pmap_replica: bool = False):
+        self.name = "pmap as jit on one device" if pmap_replica else "mesh"
         self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
         self.batch_multiple = jax.local_device_count()
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         self._rows = NamedSharding(self.mesh, PartitionSpec(AXIS))
-        step = functools.partial(training.train_step, config=config)
+        step = functools.partial(training.train_step, config=config, pmap_replica=pmap_replica)
         self._train = jax.jit(step, donate_argnums=(0,),
                               out_shardings=(self._replicated, self._replicated))
         self._eval = jax.jit(functools.partial(training.eval_step, config=config),
@@ -366,10 +369,19 @@ def freed_host_memory_returned() -> Iterator[None]:
 
 
 def make_strategy(config: Config) -> PmapStrategy | MeshStrategy:
-    """The strategy config.train.parallelism names."""
-    if config.train.parallelism == "pmap":
+    """The strategy config.train.parallelism names; "pmap" over one device runs as jit.
+
+    Over a single device pmap computes the step jit computes, but its replica axis costs
+    memory on a CPU: the state's outputs are reshaped to [1, ...], so XLA fuses each of
+    Adam's moment updates into both of its consumers (that reshape and the parameter
+    update) and then copies every moment before updating it in place. At base that is
+    362 copies a step and +350 MiB of peak host memory (benchmarks/README.md). So one
+    device gets the jit step, folding the dropout key as pmap's replica 0 does: the same
+    numbers as before, and a run started under pmap resumes on its own stream.
+    """
+    if config.train.parallelism == "pmap" and jax.device_count() > 1:
         return PmapStrategy(config)
-    return MeshStrategy(config)
+    return MeshStrategy(config, pmap_replica=config.train.parallelism == "pmap")
 
 
 def _first(tree: Any) -> Any:

@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import functools
 import os
 import resource
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from flax_transformer import parallel, training
-from tests.helpers import micro_config, random_batch
+from tests.helpers import kind_config, micro_config, random_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,6 +111,39 @@ def test_pmap_dropout_differs_between_devices():
         axis_name=parallel.AXIS, in_axes=(0, 0, None))
     per_row = np.asarray(local(state, strategy.put_batch(same_rows), jax.random.key(3)))
     assert len(set(np.round(per_row, 6))) > 1  # identical rows, different dropout masks
+
+
+@pytest.mark.parametrize("kind", ["encoder_decoder", "encoder_only"])
+def test_pmap_over_one_device_runs_as_jit_with_the_same_numbers(kind, monkeypatch):
+    """make_strategy: "pmap" on a single device is the jit step (no replica axis, so XLA
+    does not copy Adam's moments), folding the dropout key as pmap's replica 0 does."""
+    config = kind_config(kind)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                   dropout_rate=0.3))
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    strategy = parallel.make_strategy(config)
+    assert isinstance(strategy, parallel.MeshStrategy)
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(2), rows=8, length=16)
+    one_device = jax.pmap(
+        lambda s, b, r: training.train_step(s, b, r, config=config, axis_name=parallel.AXIS),
+        axis_name=parallel.AXIS, in_axes=(0, 0, None), devices=jax.devices()[:1])
+    replicas = jax.tree.map(lambda leaf: np.asarray(leaf)[None], state)
+    want_state, want_metrics = one_device(replicas, {k: v[None] for k, v in batch.items()},
+                                          jax.random.key(5))
+    got_state, got_metrics = jax.jit(functools.partial(
+        training.train_step, config=config, pmap_replica=True))(state, batch,
+                                                               jax.random.key(5))
+    for got, want in zip(jax.tree.leaves((got_state.params, got_metrics)),
+                         jax.tree.leaves((want_state.params, want_metrics)), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want)[0], rtol=1e-6,
+                                   atol=1e-7)
+    assert float(got_metrics["loss"][1]) > 0            # some tokens are scored
+    # Without the fold the dropout masks differ, and so does the update.
+    plain, _ = jax.jit(functools.partial(training.train_step, config=config))(
+        state, batch, jax.random.key(5))
+    assert not all(np.allclose(got, np.asarray(want)[0]) for got, want in zip(
+        jax.tree.leaves(plain.params), jax.tree.leaves(want_state.params), strict=True))
 
 
 def test_describe_devices_mentions_count():

@@ -317,3 +317,36 @@ def test_transposed_weight_gradients_train_like_autodiffs(kind):
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     assert losses[0][-1] < losses[0][0]
     _assert_same_updates(params[0], params[1], initial)
+
+
+def _copied_parameters(config) -> list[str]:
+    """Entry parameters of the compiled, state-donating step that XLA copies whole."""
+    state = training.create_train_state(config, jax.random.key(0))
+    batch = random_batch(np.random.default_rng(0))
+    step = jax.jit(functools.partial(training.train_step, config=config), donate_argnums=0)
+    text = step.lower(state, batch, jax.random.key(1)).compile().as_text()
+    entry = text[text.index("ENTRY"):]
+    parameters = set(re.findall(r"(%[\w.\-]+) = f32\[\d+(?:,\d+)*\]\S* parameter\(", entry))
+    return [name for name in re.findall(r"= f32\[[\d,]*\]\S* copy\((%[\w.\-]+)\)", entry)
+            if name in parameters]
+
+
+@pytest.mark.parametrize("kind", ["encoder_decoder", "decoder_only"])
+def test_the_step_updates_parameters_in_place(kind, monkeypatch):
+    """No weight is copied before its update (training._after): without the ordering,
+    XLA copies every parameter whose old value a backward matmul also reads."""
+    config = kind_config(kind)
+    assert _copied_parameters(config) == []
+    monkeypatch.setattr(training, "_after", lambda params, grad_norm: params)
+    assert len(_copied_parameters(config)) >= 4      # the check sees the copies it forbids
+
+
+@pytest.mark.parametrize("value", [0.0, 3.5, np.inf, np.nan])
+def test_ordering_the_update_leaves_parameters_bitwise_equal(value):
+    params = {"w": jnp.array([-0.0, 0.0, 1.5, -2.0, np.inf, -np.inf, 1e-45], jnp.float32),
+              "h": jnp.array([-0.0, 2.0], jnp.bfloat16)}
+    ordered = jax.jit(training._after)(params, jnp.float32(value))
+    for leaf, expected in zip(jax.tree.leaves(ordered), jax.tree.leaves(params), strict=True):
+        assert leaf.dtype == expected.dtype
+        np.testing.assert_array_equal(np.asarray(leaf).view(np.uint8),
+                                      np.asarray(expected).view(np.uint8))
