@@ -170,7 +170,8 @@ class TrainConfig:
     gradient_clip_norm: float = _field(0.0, "clip gradients to this global norm; 0 = off")
     gradient_accumulation: int = _field(1, "micro-batches per optimizer step")
     ema_decay: float = _field(0.0, "exponential moving average of parameters; 0 = off")
-    parallelism: str = _field("pmap", "'pmap' (one replica per device) or 'mesh' (jit+sharding)")
+    parallelism: str = _field("pmap", "'pmap' (one replica per device; over a single "
+                              "device, jit with pmap's numbers) or 'mesh' (jit+sharding)")
     reuse_host_memory: bool = _field(True, "CPU, glibc: a step's freed buffers stay mapped "
                                            "for the next (one step in flight); false = defaults")
     seed: int = _field(0, "root random seed (init, dropout)")

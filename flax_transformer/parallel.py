@@ -208,7 +208,7 @@ class MeshStrategy:
     """jit over a 1-D ``data`` mesh: batch sharded on rows, state replicated."""
 
     def __init__(self, config: Config, pmap_replica: bool = False):
-        self.name = "pmap as jit on one device" if pmap_replica else "mesh"
+        self.name = "pmap (as jit: one device)" if pmap_replica else "mesh"
         self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
         self.batch_multiple = jax.local_device_count()
         self._replicated = NamedSharding(self.mesh, PartitionSpec())

@@ -326,8 +326,8 @@ def _copied_parameters(config) -> list[str]:
     step = jax.jit(functools.partial(training.train_step, config=config), donate_argnums=0)
     text = step.lower(state, batch, jax.random.key(1)).compile().as_text()
     entry = text[text.index("ENTRY"):]
-    parameters = set(re.findall(r"(%[\w.\-]+) = f32\[\d+(?:,\d+)*\]\S* parameter\(", entry))
-    return [name for name in re.findall(r"= f32\[[\d,]*\]\S* copy\((%[\w.\-]+)\)", entry)
+    parameters = set(re.findall(r"(%?[\w.\-]+) = f32\[\d+(?:,\d+)*\]\S* parameter\(", entry))
+    return [name for name in re.findall(r"= f32\[[\d,]*\]\S* copy\((%?[\w.\-]+)\)", entry)
             if name in parameters]
 
 
