@@ -63,11 +63,8 @@ class DenseOutIn(nn.Module):
         bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,),
                            self.param_dtype) if self.use_bias else None)
         inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        if self.custom_gradient:
-            outputs = linear.project_out_in(inputs, kernel)               # [..., O]
-        else:
-            outputs = jax.lax.dot_general(inputs, kernel,
-                                          (((inputs.ndim - 1,), (1,)), ((), ())))
+        product = linear.project_out_in if self.custom_gradient else linear.product_out_in
+        outputs = product(inputs, kernel)                                   # [..., O]
         return outputs if bias is None else outputs + bias
 
 

@@ -57,11 +57,14 @@ def _project_backward(precision, residuals, d_outputs):
 project.defvjp(_project_forward, _project_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def project_out_in(inputs: Array, kernel: Array, precision=None) -> Array:
-    """inputs [..., I] · kernel [O, I]ᵀ -> [..., O]."""
+def product_out_in(inputs: Array, kernel: Array, precision=None) -> Array:
+    """inputs [..., I] · kernel [O, I]ᵀ -> [..., O], differentiated by autodiff."""
     return lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (1,)), ((), ())),
                            precision=precision)
+
+
+# The same product with the weight gradient written as dY[O, T] · X[T, I] (below).
+project_out_in = jax.custom_vjp(product_out_in, nondiff_argnums=(2,))
 
 
 def _project_out_in_forward(inputs, kernel, precision):
