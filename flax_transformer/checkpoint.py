@@ -180,6 +180,8 @@ class Checkpoints:
                  subdir: str = "checkpoints"):
         self.directory = os.path.abspath(os.path.join(workdir, subdir))
         self._manager = _manager(self.directory, keep, async_save)
+        self._keep = keep
+        self._field_reader = None  # a manager of its own for reading one field, see below
 
     def save(self, step: int, state: Any, data_state: dict | None = None,
              metrics: dict | None = None) -> None:
@@ -228,7 +230,7 @@ class Checkpoints:
             return None
 
     def restore(self, target: Any, step: int | None = None, fallback: bool | None = None,
-                move_damaged: bool = False) -> tuple[Any, dict, int]:
+                move_damaged: bool = False, field: str | None = None) -> tuple[Any, dict, int]:
         """Restores (state, data_state, step): ``step`` (default: the newest one).
 
         A checkpoint that fails to read (corrupted or truncated files) is reported and, with
@@ -236,6 +238,10 @@ class Checkpoints:
         one bad write costs one interval of training, not the run. ``move_damaged``
         (training) then moves the unreadable newer steps to ``<directory>.damaged/`` so
         that training can save those steps again.
+
+        With ``field`` (e.g. "params"), ``target`` is the tree of that one field of the
+        saved state, and only it is read: inference skips the optimizer's moments, two
+        thirds of a checkpoint of Adam, and data_state is then {}.
         """
         steps = list(reversed(self.steps()))
         if not steps or (step is not None and step not in steps):
@@ -248,7 +254,7 @@ class Checkpoints:
         damaged = []
         for candidate in candidates:
             try:
-                state, data_state = self._restore_one(target, candidate)
+                state, data_state = self._restore_one(target, candidate, field)
             except CheckpointError:
                 raise
             except Exception as error:
@@ -268,8 +274,18 @@ class Checkpoints:
             f"none of the checkpoints {sorted(candidates)} in {self.directory} can be read; "
             "start fresh in a new --workdir.")
 
-    def _restore_one(self, target: Any, step: int) -> tuple[Any, dict]:
+    def _restore_one(self, target: Any, step: int, field: str | None) -> tuple[Any, dict]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        if field is not None:  # the files StandardSave wrote; the other fields left unread
+            # Orbax binds an item to the first kind of args it is used with, and the main
+            # manager saves and restores whole states with StandardSave/StandardRestore.
+            if self._field_reader is None:
+                self._field_reader = _manager(self.directory, self._keep, False, read_only=True)
+            self._field_reader.reload()
+            restored = self._field_reader.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore({field: abstract}, partial_restore=True)))
+            _check_shapes(restored.state[field], target, f"{self.directory}/{step}")
+            return restored.state[field], {}
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         _check_shapes(restored.state, target, f"{self.directory}/{step}")
@@ -303,6 +319,8 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+        if self._field_reader is not None:
+            self._field_reader.close()
 
 
 def _check_shapes(restored: Any, target: Any, name: str) -> None:
@@ -337,9 +355,13 @@ def average_params(workdir: str, target: Any, count: int, keep: int = 5
     if not steps:
         raise CheckpointError(f"no checkpoints in {checkpoints.directory} to average.")
     total = None
-    for step in steps:
-        state, _, _ = checkpoints.restore(target, step)
-        params = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), state.params)
+    for step in steps:  # the whole state of the newest step, the parameters of the others
+        if step == steps[-1]:
+            state, _, _ = checkpoints.restore(target, step)
+            params = state.params
+        else:
+            params, _, _ = checkpoints.restore(target.params, step, field="params")
+        params = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), params)
         total = params if total is None else jax.tree.map(np.add, total, params)
     checkpoints.close()
     averaged = jax.tree.map(lambda leaf, like: (leaf / len(steps)).astype(like.dtype),
@@ -369,10 +391,22 @@ def restore_params(workdir: str, target: Any, which: str = "best",
 
     "best" is the checkpoint with the highest validation score, or the average of the
     last checkpoints (``train.average_last``) when its validation score is at least as high.
+    Only the parameters (or their EMA) are read from disk, not the optimizer's state.
+
+    Args:
+      target: the parameters' tree of shapes (``training.param_shapes``), or a whole
+        TrainState tree (``training.train_state_shapes``), whose params are then used.
 
     Returns:
       (params, step, description of what was restored).
     """
+    if hasattr(target, "params"):  # a TrainState tree
+        kept_ema = target.ema_params is not None
+        target = target.params
+    else:
+        kept_ema = use_ema and load_config(workdir).train.ema_decay > 0
+    if use_ema and not kept_ema:
+        raise CheckpointError("this run kept no EMA of parameters (train.ema_decay was 0).")
     subdir = "averaged" if which == "averaged" else "checkpoints"
     if not os.path.isdir(os.path.join(workdir, subdir)):
         raise CheckpointError(
@@ -387,11 +421,9 @@ def restore_params(workdir: str, target: Any, which: str = "best",
     elif which not in ("latest", "averaged"):
         step = int(which)
     # "best" and "latest" fall back to the newest readable checkpoint; a step number does not.
-    state, _, step = checkpoints.restore(target, step, fallback=which in ("best", "latest"))
+    params, _, step = checkpoints.restore(target, step, fallback=which in ("best", "latest"),
+                                          field="ema_params" if use_ema else "params")
     checkpoints.close()
-    if use_ema and state.ema_params is None:
-        raise CheckpointError("this run kept no EMA of parameters (train.ema_decay was 0).")
-    params = state.ema_params if use_ema else state.params
     return params, step, f"{subdir}/{step}{' (EMA)' if use_ema else ''}"
 
 

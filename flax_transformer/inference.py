@@ -90,7 +90,7 @@ def restore(workdir: str, which: str = "best", use_ema: bool = False) -> Restore
     config = saved_config(workdir)
     tokenizer = load_tokenizer(workdir, config)
     params, _, description = checkpoint.restore_params(
-        workdir, training.train_state_shapes(config), which, use_ema)
+        workdir, training.param_shapes(config.model), which, use_ema)
     model = training.KINDS[config.model.kind].module(config.model)
     return Restored(config=config, tokenizer=tokenizer, model=model,
                     params=params, description=description)

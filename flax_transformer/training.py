@@ -174,6 +174,12 @@ def train_state_shapes(config: Config) -> TrainState:
     return jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
 
 
+def param_shapes(model_config: ModelConfig) -> Any:
+    """The parameters' tree, shapes and dtypes, computing nothing: inference's restore
+    target (no optimizer state is traced, and none is read)."""
+    return jax.eval_shape(functools.partial(init_params, model_config), jax.random.key(0))
+
+
 def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
     return {
         "source_tokens": batch["source"], "target_tokens": batch["target_input"],

@@ -46,18 +46,61 @@ def test_keeps_the_last_k_and_the_best(tmp_path, host_state):
     assert checkpoints.best_step() == 2
 
 
-def test_corrupted_latest_falls_back_to_previous(tmp_path, host_state, caplog):
+@pytest.mark.parametrize("field", [None, "params"])
+def test_corrupted_latest_falls_back_to_previous(tmp_path, host_state, caplog, field):
     checkpoints = _save_steps(str(tmp_path), host_state, [1, 2])
     for path in glob.glob(os.path.join(checkpoints.directory, "2", "state", "**"),
                           recursive=True):
         if os.path.isfile(path) and not path.endswith("_METADATA"):
             with open(path, "wb") as handle:
                 handle.write(b"garbage")
-    _, data_state, step = checkpoints.restore(host_state)
-    assert step == 1 and data_state == {"position": 1}
+    target = host_state if field is None else host_state.params
+    restored, data_state, step = checkpoints.restore(target, field=field)
+    assert step == 1 and data_state == ({"position": 1} if field is None else {})
+    params = restored.params if field is None else restored
+    np.testing.assert_array_equal(jax.tree.leaves(params)[0],
+                                  jax.tree.leaves(host_state.params)[0] + 1)
     assert "unreadable" in caplog.text
     with pytest.raises(checkpoint.CheckpointError, match="cannot be restored"):
-        checkpoints.restore(host_state, step=2)
+        checkpoints.restore(target, step=2, field=field)
+
+
+def test_restore_params_reads_the_parameters_alone(tmp_path, host_state):
+    """Inference reads no optimizer state: a target whose optimizer differs (clipping adds
+    a state) still gets the parameters, as does the parameters' tree alone."""
+    _save_steps(str(tmp_path), host_state, [1, 2]).close()
+    clipped = config_fields.override(micro_config(), {"train.gradient_clip_norm": "1.0"})
+    other_optimizer = training.train_state_shapes(clipped)
+    assert (jax.tree.structure(other_optimizer.opt_state)
+            != jax.tree.structure(host_state.opt_state))
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be restored"):
+        checkpoint.Checkpoints(str(tmp_path)).restore(other_optimizer, step=2)
+    expected = jax.tree.leaves(_with_step(host_state, 2).params)
+    for target in (other_optimizer, training.param_shapes(micro_config().model)):
+        params, step, what = checkpoint.restore_params(str(tmp_path), target, "latest")
+        assert (step, what) == (2, "checkpoints/2")
+        assert jax.tree.structure(params) == jax.tree.structure(host_state.params)
+        for got, want in zip(jax.tree.leaves(params), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_restore_params_gives_the_ema_or_explains_there_is_none(tmp_path, host_state):
+    config = config_fields.override(micro_config(), {"train.ema_decay": "0.9"})
+    with_ema = host_state.replace(
+        ema_params=jax.tree.map(lambda leaf: leaf - 7.0, host_state.params))
+    for run, state, kept in (("ema", with_ema, config), ("plain", host_state, micro_config())):
+        _save_steps(str(tmp_path / run), state, [1]).close()
+        checkpoint.save_config(str(tmp_path / run), kept)
+    shapes = training.param_shapes(config.model)
+    ema, _, what = checkpoint.restore_params(str(tmp_path / "ema"), shapes, "latest",
+                                             use_ema=True)
+    assert what == "checkpoints/1 (EMA)"
+    for got, want in zip(jax.tree.leaves(ema), jax.tree.leaves(with_ema.ema_params),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+    for target in (shapes, host_state):
+        with pytest.raises(checkpoint.CheckpointError, match="kept no EMA"):
+            checkpoint.restore_params(str(tmp_path / "plain"), target, "latest", use_ema=True)
 
 
 def test_partially_written_checkpoint_is_never_picked(tmp_path, host_state):
