@@ -32,6 +32,20 @@ def iter_fields(config: Config):
                    f.metadata.get("help", ""))
 
 
+def type_name(kind: Any) -> str:
+    """A field type in words: "int", "float", "bool", "str" or "list of ints"."""
+    return "list of ints" if typing.get_origin(kind) is tuple else kind.__name__
+
+
+# What a valid value looks like, on the command line and in config.json.
+_FLAG_FORMS = {"bool": "true or false (or yes/no, 1/0)", "int": "a whole number, e.g. 300",
+               "float": "a number, e.g. 0.1 or 1e-9",
+               "list of ints": "whole numbers separated by commas, e.g. 8,16,32"}
+_JSON_FORMS = {"bool": "true or false", "int": "a whole number, e.g. 300",
+               "float": "a number, e.g. 0.1", "str": "a string in double quotes",
+               "list of ints": "a list of whole numbers, e.g. [8, 16, 32]"}
+
+
 def _parse_value(dotted: str, kind: Any, text: str) -> Any:
     """Parses ``text`` as a value of ``kind`` or raises ConfigError naming the field."""
     try:
@@ -43,12 +57,13 @@ def _parse_value(dotted: str, kind: Any, text: str) -> Any:
         if kind in (int, float, str):
             return kind(text)
         if typing.get_origin(kind) is tuple:
-            parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
             return tuple(int(p) for p in parts)
     except ValueError:
         pass
-    name = getattr(kind, "__name__", str(kind))
-    raise ConfigError(f"--config.{dotted}={text!r} is not a valid {name}.")
+    name = type_name(kind)
+    raise ConfigError(f"--config.{dotted}={text!r} is not a valid {name}; give "
+                      f"{_FLAG_FORMS[name]}.")
 
 
 def override(config: Config, assignments: dict[str, str]) -> Config:
@@ -85,6 +100,12 @@ def from_dict(values: dict[str, Any]) -> Config:
     """
     if not isinstance(values, dict):
         raise ConfigError(f"a config is a JSON object of sections, not {type(values).__name__}.")
+    names = [f.name for f in dataclasses.fields(Config)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:  # a misspelt section would otherwise load as that section's defaults
+        raise ConfigError(f"unknown config sections {unknown}; a config has {names}.")
+    if not isinstance(values.get("name", ""), str):
+        raise ConfigError(f"config name={json.dumps(values['name'])} is not a string.")
     sections = {}
     for f in dataclasses.fields(Config):
         if f.name == "name":
@@ -114,8 +135,9 @@ def _typed(dotted: str, kind: Any, value: Any) -> Any:
         return float(value)
     elif (kind is int and _is_int(value)) or (kind in (bool, str) and type(value) is kind):
         return value
-    name = getattr(kind, "__name__", "list of ints")
-    raise ConfigError(f"{dotted}={json.dumps(value)} is not a valid {name}.")
+    name = type_name(kind)
+    raise ConfigError(f"{dotted}={json.dumps(value)} is not a valid {name}; write "
+                      f"{_JSON_FORMS[name]}.")
 
 
 def _is_int(value: Any) -> bool:

@@ -68,7 +68,8 @@ def number_words_report(model: Any, params: Any, tokenizer: Any, samples: int = 
 
 def main() -> None:
     """Reads outputs (one a line) on stdin; prints how many are German numbers."""
-    texts = sys.stdin.read().splitlines()
+    texts = sys.stdin.read().split("\n")   # lines as decode.py writes them: "\n" ends one
+    texts = [text.removesuffix("\r") for text in texts[:-1 if texts[-1] == "" else None]]
     valid = sum(text in german_numbers() for text in texts)
     print(f"{valid} of {len(texts)} outputs are German number words "
           f"({100 * valid_share(texts):.1f} %)")

@@ -15,10 +15,12 @@ translating, continuing prompts, filling masks, attention weights) is ``inferenc
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import gzip
 import json
 import sys
+import zlib
 from collections.abc import Sequence
 from typing import IO
 
@@ -37,12 +39,13 @@ DECODE_USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.Con
 
 
 def split_lines(raw: bytes, name: str) -> list[str]:
-    """UTF-8 bytes -> one string per line ("\\n" or "\\r\\n" ends a line).
+    """UTF-8 bytes -> one string per line ("\\n" or "\\r\\n" ends a line); a leading
+    byte-order mark (files saved as "UTF-8 with BOM") is not part of the first line.
 
     Raises:
       InferenceError: naming the first line that is not UTF-8.
     """
-    lines = raw.split(b"\n")
+    lines = raw.removeprefix(codecs.BOM_UTF8).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()   # the newline that ends the last line
     texts = []
@@ -62,7 +65,10 @@ def read_text_file(path: str) -> list[str]:
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as handle:
             return split_lines(handle.read(), path)
-    except OSError as error:  # gzip.BadGzipFile is an OSError too
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # not gzip, cut short, damaged
+        raise InferenceError(f"cannot read {path!r}: {error}; it is not a complete gzip file: "
+                             "compress it again (gzip FILE) or give the plain text.") from error
+    except OSError as error:
         raise InferenceError(f"cannot read {path!r}: {error.strerror or error}.") from error
 
 
@@ -94,7 +100,7 @@ def check_flags_fit(request: DecodeRequest, kind: str) -> None:
             f"--attention_plot draws a translation's cross-attention, which this "
             f"{kind} run does not have; drop --attention_plot/--self_attention.")
     several = [f"--{name}" for name in ("nbest", "num_samples")
-               if (request.decode_overrides.get(name) or 1) > 1]
+               if int(str(request.decode_overrides.get(name) or 1)) > 1]  # preflight parsed
     if kind != "encoder_decoder" and (several or request.output_format != "text"
                                       or request.print_scores):
         flag = (several or (["--output_format"] if request.output_format != "text"

@@ -27,7 +27,7 @@ def check_request(workdir: str, decode_overrides: dict, input_file: str | None,
                   if value is not None}
         config_fields.override(config, dotted)  # ConfigError naming the flag
     for flag, path in (("--output_file", output_file), ("--attention_plot", attention_plot)):
-        if path:
+        if path is not None:
             _check_writable_folder(flag, path)
     if input_file and input_file != "-" and os.path.exists(input_file):
         mode = os.stat(input_file).st_mode
@@ -38,6 +38,9 @@ def check_request(workdir: str, decode_overrides: dict, input_file: str | None,
 
 
 def _check_writable_folder(flag: str, path: str) -> None:
+    if not path or path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise PreflightError(f"{flag} {path!r} is {'empty' if not path else 'a folder'}; "
+                             "give a file name.")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PreflightError(f"{flag} {path}: the folder {folder} does not exist; create it "
@@ -45,8 +48,6 @@ def _check_writable_folder(flag: str, path: str) -> None:
     if not os.access(folder, os.W_OK):
         raise PreflightError(f"{flag} {path}: the folder {folder} is not writable; choose "
                              "another path.")
-    if os.path.isdir(path):
-        raise PreflightError(f"{flag} {path} is a folder; give a file name.")
 
 
 def meaningless_lines(lines: Sequence[str]) -> int:

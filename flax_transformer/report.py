@@ -33,7 +33,7 @@ def report_test(config: Config, workdir: str, splits: dict, tokenizer: data.Toke
             print("\nno test split (data.test_files is empty): no test report.")
         return {}
     splits["test"] = evaluation.first_examples(splits["test"], config.eval.test_examples)
-    params, _, what = checkpoint.restore_params(workdir, training.train_state_shapes(config),
+    params, _, what = checkpoint.restore_params(workdir, training.param_shapes(config.model),
                                                 "best")
     strategy = parallel.make_strategy(dataclasses.replace(
         config, train=dataclasses.replace(config.train, parallelism="pmap")))
@@ -73,7 +73,7 @@ def _print_test_report(sources: list[str], hypotheses: list[str], references: li
         if indices:
             print(f"  {title}{f' ({len(wrong)} in all)' if title == 'wrong' else ''}:")
         for index in indices:
-            verdict = ("" if hypotheses[index] == references[index]
+            verdict = ("" if hypotheses[index].strip() == references[index].strip()
                        else f"  (reference: {references[index]!r})")
             print(f"    {sources[index]!r} -> {hypotheses[index]!r}{verdict}")
 

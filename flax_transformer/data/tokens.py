@@ -83,7 +83,7 @@ def _flatten(sequences: list[list[int]], prefix: list[int], suffix: list[int]):
     """Concatenates prefix + sequence + suffix for all; returns (tokens, starts)."""
     sizes = np.fromiter((len(ids) for ids in sequences), np.int64, len(sequences))
     sizes += len(prefix) + len(suffix)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    starts = np.cumsum(sizes) - sizes                                 # [N], also for N = 0
     flat = itertools.chain.from_iterable(prefix + ids + suffix for ids in sequences)
     return np.fromiter(flat, np.int32, int(sizes.sum())), starts
 
