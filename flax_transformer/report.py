@@ -32,17 +32,16 @@ def report_test(config: Config, workdir: str, splits: dict, tokenizer: data.Toke
         if verbose:
             print("\nno test split (data.test_files is empty): no test report.")
         return {}
-    splits["test"] = evaluation.first_examples(splits["test"], config.eval.test_examples)
+    test = evaluation.first_examples(splits["test"], config.eval.test_examples)
     params, _, what = checkpoint.restore_params(workdir, training.param_shapes(config.model),
                                                 "best")
     strategy = parallel.make_strategy(dataclasses.replace(
         config, train=dataclasses.replace(config.train, parallelism="pmap")))
-    evaluator = evaluation.Evaluator(config, splits["test"], tokenizer, strategy,
-                                     max_examples=0)
+    evaluator = evaluation.Evaluator(config, test, tokenizer, strategy, max_examples=0)
     hypotheses = evaluator.translations(params)
     references = evaluator.references
     sources = [pair["source"]
-               for pair in evaluation.first_examples(splits["test"], len(hypotheses))]
+               for pair in evaluation.first_examples(test, len(hypotheses))]
     results = {"test_bleu": evaluation.bleu(hypotheses, references)[0],
                "test_chrf": evaluation.chrf(hypotheses, references)[0],
                "test_exact_match": evaluation.exact_match(hypotheses, references)}
@@ -84,6 +83,8 @@ def _report_test_text(config: Config, workdir: str, splits: dict, tokenizer: dat
     checkpoint on the test split (all of it, or its first eval.test_report examples)."""
     test = evaluation.first_examples(splits["test"], config.eval.test_examples)
     if not len(test):
+        if verbose:
+            print("\nno test split (data.test_files is empty): no test report.")
         return {}
     # The restore target needs shapes only, and the evaluation the parameters only: no
     # initial state is built (op by op, seconds at larger presets) to be thrown away.

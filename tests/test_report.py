@@ -183,9 +183,11 @@ def test_verbose_false_prints_nothing_and_returns_the_same_numbers(monkeypatch, 
 def test_test_report_n_decodes_and_scores_only_the_first_n_examples(monkeypatch, tmp_path,
                                                                     capsys):
     fakes = _Fakes(monkeypatch)
-    results = report.report_test(_tiny(**{"eval.test_report": "3"}), str(tmp_path), _splits(),
+    splits = _splits()
+    results = report.report_test(_tiny(**{"eval.test_report": "3"}), str(tmp_path), splits,
                                  None)
     assert fakes.evaluators[0]["split"] == PAIRS[:3]
+    assert splits == _splits()                       # the caller's splits are left whole
     # seven and forty-two right, three hundred forty-two wrong; no 4-digit number read.
     assert results["test_exact_match"] == pytest.approx(2 / 3)
     assert {key: value for key, value in results.items() if "_exact_match_" in key} == {
@@ -327,4 +329,8 @@ def test_a_monolingual_run_without_test_texts_reports_nothing(monkeypatch, tmp_p
     fakes = _Fakes(monkeypatch, loss_metrics={"loss": 2.0})
     assert report.report_test(get_config("mlm"), str(tmp_path), _splits(test=[]), None) == {}
     assert fakes.restored == [] and fakes.evaluators == []
+    assert capsys.readouterr().out == (
+        "\nno test split (data.test_files is empty): no test report.\n")
+    assert report.report_test(get_config("mlm"), str(tmp_path), _splits(test=[]), None,
+                              verbose=False) == {}
     assert capsys.readouterr().out == ""
