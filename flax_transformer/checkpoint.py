@@ -280,7 +280,7 @@ class Checkpoints:
             # Orbax binds an item to the first kind of args it is used with, and the main
             # manager saves and restores whole states with StandardSave/StandardRestore.
             if self._field_reader is None:
-                self._field_reader = _manager(self.directory, self._keep, False, read_only=True)
+                self._field_reader = _manager(self.directory, self._keep, False)
             self._field_reader.reload()
             restored = self._field_reader.restore(step, args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore({field: abstract}, partial_restore=True)))

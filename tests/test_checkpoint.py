@@ -1,6 +1,7 @@
 """checkpoint.py: Orbax save/restore, retention, corruption fallback, averaging, run dirs."""
 
 import glob
+import logging
 import os
 
 import jax
@@ -65,9 +66,10 @@ def test_corrupted_latest_falls_back_to_previous(tmp_path, host_state, caplog, f
         checkpoints.restore(target, step=2, field=field)
 
 
-def test_restore_params_reads_the_parameters_alone(tmp_path, host_state):
+def test_restore_params_reads_the_parameters_alone(tmp_path, host_state, caplog):
     """Inference reads no optimizer state: a target whose optimizer differs (clipping adds
-    a state) still gets the parameters, as does the parameters' tree alone."""
+    a state) still gets the parameters, as does the parameters' tree alone; and says
+    nothing on the way (decode.py's stderr is for the user)."""
     _save_steps(str(tmp_path), host_state, [1, 2]).close()
     clipped = config_fields.override(micro_config(), {"train.gradient_clip_norm": "1.0"})
     other_optimizer = training.train_state_shapes(clipped)
@@ -76,12 +78,16 @@ def test_restore_params_reads_the_parameters_alone(tmp_path, host_state):
     with pytest.raises(checkpoint.CheckpointError, match="cannot be restored"):
         checkpoint.Checkpoints(str(tmp_path)).restore(other_optimizer, step=2)
     expected = jax.tree.leaves(_with_step(host_state, 2).params)
+    caplog.clear()
+    caplog.set_level(logging.INFO)
     for target in (other_optimizer, training.param_shapes(micro_config().model)):
         params, step, what = checkpoint.restore_params(str(tmp_path), target, "latest")
         assert (step, what) == (2, "checkpoints/2")
         assert jax.tree.structure(params) == jax.tree.structure(host_state.params)
         for got, want in zip(jax.tree.leaves(params), expected, strict=True):
             np.testing.assert_array_equal(got, want)
+    assert [record.getMessage() for record in caplog.records
+            if record.levelno >= logging.WARNING] == []
 
 
 def test_restore_params_gives_the_ema_or_explains_there_is_none(tmp_path, host_state):
