@@ -124,6 +124,32 @@ def test_train_gives_every_digit_count_an_equal_share():
     assert 0 < counts[1000:10_000].max() <= 2   # 9,000 four-digit numbers less 668 held out
 
 
+def test_round_thousands_are_trained_on_unless_held_out():
+    """The default builder adds every multiple of 1,000 not held out, twice: uniform draws
+    alone hold about 25 of the 999 (a model trained on them wrote "eins" for "one
+    thousand"), and none of the held-out numbers leaks into training."""
+    plain = number_words.split_numbers(50_000, 1_000, below_1000_in_eval=True)
+    splits = number_words.split_numbers(50_000, 1_000, below_1000_in_eval=True,
+                                        round_thousands=2)
+    thousands = np.arange(1, 1000) * 1000
+    held = np.concatenate([splits["validation"], splits["test"]])
+    held = held[held >= 1000]
+    trained = np.setdiff1d(thousands, held)
+    assert len(trained) >= 990
+    plain_counts = np.bincount(plain["train"], minlength=10**6)
+    counts = np.bincount(splits["train"], minlength=10**6)
+    assert plain_counts[thousands].sum() < 40                   # what uniform draws give
+    np.testing.assert_array_equal(counts[trained], plain_counts[trained] + 2)
+    assert counts[np.intersect1d(thousands, held)].sum() == 0
+    assert len(splits["train"]) == 50_000 + 2 * len(trained)
+    np.testing.assert_array_equal(splits["test"], plain["test"])      # evaluation: the same
+    np.testing.assert_array_equal(np.sort(splits["validation"]), np.sort(plain["validation"]))
+    other = np.setdiff1d(np.arange(10**6), thousands)          # the rest as before
+    np.testing.assert_array_equal(counts[other], plain_counts[other])
+    config = number_words.NumberWords.BUILDER_CONFIGS[0]
+    assert (config.train_size, config.round_thousands) == (50_000, 2)
+
+
 def test_evaluation_splits_hold_out_large_numbers_and_contain_all_below_1000():
     splits = number_words.split_numbers(50_000, 1_000, below_1000_in_eval=True)
     again = number_words.split_numbers(50_000, 1_000, below_1000_in_eval=True)
@@ -170,7 +196,7 @@ def test_builder_writes_array_record_and_is_reused(tmp_path):
     builder.download_and_prepare()
     files = sorted(tmp_path.rglob("*.array_record*"))
     assert len(files) == 3
-    assert all(f"{os.sep}2.0.0{os.sep}" in str(path) for path in files)
+    assert all(f"{os.sep}3.0.0{os.sep}" in str(path) for path in files)
     stamps = [path.stat().st_mtime_ns for path in files]
     expected = number_words.split_numbers(200, 10)
     for split, numbers in expected.items():
