@@ -20,7 +20,6 @@ import dataclasses
 import gzip
 import json
 import sys
-import zlib
 from collections.abc import Sequence
 from typing import IO
 
@@ -65,7 +64,7 @@ def read_text_file(path: str) -> list[str]:
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as handle:
             return split_lines(handle.read(), path)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # not gzip, cut short, damaged
+    except data.GZIP_ERRORS as error:
         raise InferenceError(f"cannot read {path!r}: {error}; it is not a complete gzip file: "
                              "compress it again (gzip FILE) or give the plain text.") from error
     except OSError as error:

@@ -6,6 +6,7 @@ killed when the test ends, and the tests wait on events in their output, never o
 """
 
 import glob
+import gzip
 import hashlib
 import os
 import re
@@ -432,6 +433,13 @@ def test_plain_text_named_gz_is_one_line(tmp_path):
     path.write_text("not gzip\n")
     with pytest.raises(data.DataError, match=r"is named \.gz but is not"):
         list(parallel_text.read_lines(path))
+    # Cut short, and damaged inside (zlib.error, a traceback before data.GZIP_ERRORS).
+    whole = gzip.compress(b"eins\nzwei\n" * 200)
+    for content in (whole[:len(whole) // 2],
+                    whole[:20] + bytes(b ^ 0xFF for b in whole[20:40]) + whole[40:]):
+        path.write_bytes(content)
+        with pytest.raises(data.DataError, match=r"is named \.gz but is not complete gzip"):
+            list(parallel_text.read_lines(path))
 
 
 def test_decode_request_is_checked_before_the_model_load(tmp_path):

@@ -16,7 +16,7 @@ one side as text for decoder_only/encoder_only runs.
 import importlib
 from typing import Any
 
-from flax_transformer.data.errors import DataError
+from flax_transformer.data.errors import GZIP_ERRORS, DataError
 from flax_transformer.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -59,6 +59,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "BOS_ID",
     "EOS_ID",
+    "GZIP_ERRORS",
     "MASK_ID",
     "MASK_PIECE",
     "PAD_ID",

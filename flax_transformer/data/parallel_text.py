@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from flax_transformer.data.builder_info import LocalDatasetInfo
-from flax_transformer.data.errors import DataError
+from flax_transformer.data.errors import GZIP_ERRORS, DataError
 
 SPLITS = ("train", "validation", "test")
 
@@ -42,7 +42,7 @@ def read_lines(path: Path) -> Iterator[bytes]:
         with opener(path, "rb") as handle:
             for line in handle:
                 yield line.rstrip(b"\r\n")
-    except (gzip.BadGzipFile, EOFError) as error:
+    except GZIP_ERRORS as error:
         raise DataError(f"{path} is named .gz but is not complete gzip data ({error}); "
                         "rename it without .gz if it is plain text, or re-download it.") from error
 
