@@ -24,7 +24,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str) -
         "config fields", "override any field of the preset: --config.SECTION.FIELD=VALUE "
         f"(defaults shown are the {default_preset!r} preset's)")
     for dotted, kind, default, doc in config_fields.iter_fields(defaults):
-        metavar = "INT,INT,..." if kind not in (bool, int, float, str) else kind.__name__
+        metavar = config_fields.type_name(kind).replace("list of ints", "INT,INT,...")
         group.add_argument(f"--config.{dotted}", dest=f"override:{dotted}", default=None,
                            metavar=metavar.upper(),   # argparse %-formats help texts
                            help=f"{doc} (default: {default!r})".replace("%", "%%"))

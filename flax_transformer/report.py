@@ -26,12 +26,12 @@ def report_test(config: Config, workdir: str, splits: dict, tokenizer: data.Toke
     Args:
       splits, tokenizer: the run's data, as ``loop.load_data`` returns them.
     """
-    if config.model.monolingual:
-        return _report_test_text(config, workdir, splits, tokenizer, verbose)
     if not len(splits["test"]):
         if verbose:
             print("\nno test split (data.test_files is empty): no test report.")
         return {}
+    if config.model.monolingual:
+        return _report_test_text(config, workdir, splits, tokenizer, verbose)
     test = evaluation.first_examples(splits["test"], config.eval.test_examples)
     params, _, what = checkpoint.restore_params(workdir, training.param_shapes(config.model),
                                                 "best")
@@ -82,10 +82,6 @@ def _report_test_text(config: Config, workdir: str, splits: dict, tokenizer: dat
     """The test report of a decoder_only/encoder_only run: loss metrics of the best
     checkpoint on the test split (all of it, or its first eval.test_report examples)."""
     test = evaluation.first_examples(splits["test"], config.eval.test_examples)
-    if not len(test):
-        if verbose:
-            print("\nno test split (data.test_files is empty): no test report.")
-        return {}
     # The restore target needs shapes only, and the evaluation the parameters only: no
     # initial state is built (op by op, seconds at larger presets) to be thrown away.
     shapes = training.train_state_shapes(config)
