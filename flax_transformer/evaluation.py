@@ -68,7 +68,9 @@ def _number_of(source: str, reference: str) -> int:
 
 def digit_classes(sources: list[str], hypotheses: list[str], references: list[str],
                   train_sources: set[str]) -> list[dict]:
-    """Exact match of number_words outputs per digit count 1 … 6 and over all of 0 … 999.
+    """Exact match of number_words outputs per digit count 1 … 6, over all of 0 … 999, and
+    for the numbers from 1,000 up per ending class (the form of their last three digits:
+    ``number_words.ENDING_CLASSES``, "000" … "x10–x99").
 
     Args:
       sources, hypotheses, references: one entry per example, in either direction.
@@ -76,8 +78,9 @@ def digit_classes(sources: list[str], hypotheses: list[str], references: list[st
 
     Returns:
       rows {"name", "key", "examples", "exact_match", "seen"}: the digit counts that have
-      examples, then "all of 0–999" (key "below_1000"); "seen" counts the examples whose
-      source is in train_sources.
+      examples, then "all of 0–999" (key "below_1000"), then the endings that have
+      examples (keys "ending_0" … "ending_5"); "seen" counts the examples whose source is
+      in train_sources.
     """
     from flax_transformer.data import number_words
 
@@ -89,6 +92,9 @@ def digit_classes(sources: list[str], hypotheses: list[str], references: list[st
     groups = [(str(count), f"digits_{count}", digits == count)
               for count in number_words.DIGIT_CLASSES]
     groups.append(("all of 0–999", "below_1000", numbers < 1000))
+    endings = np.asarray([number_words.ending_class(int(number)) for number in numbers])
+    groups += [(f"ends {name}", f"ending_{ending}", (numbers >= 1000) & (endings == ending))
+               for ending, name in enumerate(number_words.ENDING_CLASSES)]
     return [{"name": name, "key": key, "examples": int(chosen.sum()),
              "exact_match": float(correct[chosen].mean()), "seen": int(seen[chosen].sum())}
             for name, key, chosen in groups if chosen.any()]

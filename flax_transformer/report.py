@@ -20,8 +20,9 @@ def report_test(config: Config, workdir: str, splits: dict, tokenizer: data.Toke
     """Decodes the test split (eval.test_report: all or its first N) with the best
     checkpoint; prints scores and examples. decoder_only/encoder_only: loss metrics.
 
-    For number_words it also prints (and returns) exact match per digit count 1 … 6 and
-    over all of 0 … 999, saying which of those numbers training saw.
+    For number_words it also prints (and returns) exact match per digit count 1 … 6, over
+    all of 0 … 999 and per ending of the numbers from 1,000 up, saying which of those
+    numbers training saw.
 
     Args:
       splits, tokenizer: the run's data, as ``loop.load_data`` returns them.
@@ -62,7 +63,8 @@ def _print_test_report(sources: list[str], hypotheses: list[str], references: li
     for line in evaluation.score_lines(hypotheses, references):
         print(f"  {line}")
     if rows:
-        print("  exact match by digit count (held out = never in the training split):")
+        print("  exact match by digit count, and from 1,000 up by the last three digits "
+              "(held out = never in the training split):")
         for line in evaluation.digit_class_lines(rows):
             print(f"    {line}")
     wrong = [index for index, (hypothesis, reference) in enumerate(

@@ -30,21 +30,40 @@ def test_digit_classes_count_examples_matches_and_what_training_saw():
     table = {row["name"]: (row["examples"], row["exact_match"], row["seen"]) for row in rows}
     assert table == {"1": (2, 0.5, 2), "2": (1, 1.0, 1), "3": (2, 1.0, 2),
                      "4": (1, 1.0, 0), "5": (1, 1.0, 1), "6": (2, 0.5, 0),
-                     "all of 0–999": (5, 0.8, 5)}
-    assert [row["key"] for row in rows][-1] == "below_1000"
+                     "all of 0–999": (5, 0.8, 5),
+                     "ends 001–009": (1, 1.0, 0), "ends x10–x99": (3, 2 / 3, 1)}
+    assert [row["key"] for row in rows][-3:] == ["below_1000", "ending_1", "ending_5"]
     cells = [[cell.strip() for cell in line.split("|")]
              for line in evaluation.digit_class_lines(rows)]
     assert cells[0] == ["digits", "examples", "exact match", "seen in training?"]
     assert cells[2] == ["1", "2", "50.0 %", "yes"]
     assert cells[5] == ["4", "1", "100.0 %", "no (held out)"]
-    assert cells[-1] == ["all of 0–999", "5", "80.0 %", "yes"]
+    assert cells[-3] == ["all of 0–999", "5", "80.0 %", "yes"]
+    assert cells[-1] == ["ends x10–x99", "3", "66.7 %", "1 of 3"]
+
+
+def test_endings_split_the_numbers_from_1000_up_by_the_form_of_their_last_three_digits():
+    """A model can be right on random large numbers and wrong on "… thousand seven" (0.9 %
+    of uniform draws): the rows by ending show each form on its own."""
+    numbers = [5, 1_000, 44_000, 944_007, 3_042, 16_070, 2_100, 5_304, 999_999, 12_345]
+    sources, references = _pairs(numbers)
+    hypotheses = list(references)
+    hypotheses[3] = "neunhundertvierundvierzigtausend"       # the last word dropped
+    hypotheses[6] = "zweitausendeins"
+    rows = evaluation.digit_classes(sources, hypotheses, references, set())
+    endings = {row["key"]: (row["name"], row["examples"], row["exact_match"])
+               for row in rows if row["key"].startswith("ending_")}
+    assert endings == {"ending_0": ("ends 000", 2, 1.0), "ending_1": ("ends 001–009", 1, 0.0),
+                       "ending_2": ("ends 010–099", 2, 1.0), "ending_3": ("ends x00", 1, 0.0),
+                       "ending_4": ("ends x01–x09", 1, 1.0),
+                       "ending_5": ("ends x10–x99", 2, 1.0)}
 
 
 def test_digit_classes_read_the_english_side_in_either_direction():
     english, german = _pairs([12, 3_000])
     rows = evaluation.digit_classes(german, ["zwölf", "three thousand"], english, set())
     assert [(row["name"], row["exact_match"], row["seen"]) for row in rows] == [
-        ("2", 0.0, 0), ("4", 1.0, 0), ("all of 0–999", 0.0, 0)]
+        ("2", 0.0, 0), ("4", 1.0, 0), ("all of 0–999", 0.0, 0), ("ends 000", 1.0, 0)]
 
 
 def test_partly_seen_class_says_how_many():

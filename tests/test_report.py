@@ -128,6 +128,7 @@ def test_number_words_report_returns_scores_and_exact_match_per_digit_count(monk
         "test_exact_match_digits_3": 0.0,       # three hundred forty-two wrong
         "test_exact_match_digits_4": 1.0,       # two thousand
         "test_exact_match_below_1000": 2 / 4,   # 7, 42, 342, 12
+        "test_exact_match_ending_0": 1.0,       # two thousand: its last three digits 000
     }
     # The best checkpoint's parameters (into shapes, not values), decoding the whole split.
     [(workdir, target, which, use_ema)] = fakes.restored
@@ -151,14 +152,15 @@ def test_printed_report_has_scores_digit_table_spread_examples_and_wrong_outputs
     assert results["test_exact_match"] == 0.6
     assert lines[4] == "  exact match = 60.0% of 5 lines"
     assert lines[5].startswith("  note: every reference has fewer than 4 words")
-    assert lines[6] == ("  exact match by digit count (held out = never in the training "
-                        "split):")
+    assert lines[6] == ("  exact match by digit count, and from 1,000 up by the last three "
+                        "digits (held out = never in the training split):")
     assert _table(lines) == [
         ["1", "1", "100.0 %", "yes"],
         ["2", "2", "50.0 %", "no (held out)"],
         ["3", "1", "0.0 %", "yes"],
         ["4", "1", "100.0 %", "no (held out)"],
         ["all of 0–999", "4", "50.0 %", "2 of 4"],
+        ["ends 000", "1", "100.0 %", "no (held out)"],
     ]
     wrong_342 = ("    'three hundred forty-two' -> 'dreihundertvierzig'  "
                  "(reference: 'dreihundertzweiundvierzig')")
