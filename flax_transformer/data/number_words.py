@@ -181,8 +181,10 @@ def _held_out(eval_size: int, rng: np.random.Generator,
             strata = [np.asarray(digit_range(digits))]
             caps = [len(strata[0]) // 4]
         if size > sum(caps):
-            raise DataError(f"eval_size={eval_size} would hold out over half of the "
-                            f"{digits}-digit numbers; choose a smaller eval_size.")
+            raise DataError(f"eval_size={eval_size} would hold out {size} {digits}-digit "
+                            f"numbers in each of validation and test, more than the "
+                            f"{sum(caps)} that leave enough of them to train on; choose a "
+                            f"smaller eval_size.")
         for stratum, share in zip(strata, _capped_shares(size, caps), strict=True):
             drawn = rng.choice(stratum, 2 * share, replace=False)
             held_out["validation"].append(drawn[:share])
