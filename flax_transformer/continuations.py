@@ -1,7 +1,7 @@
 """Measures a decoder_only run on number_words: are its continuations German numbers?
 
 A continuation is valid when the whole output (prompt + continuation, up to EOS) is the
-German word of some number in 0 … 999,999 (``data.number_words.german``). The
+German word of some number in 0 … 999,999 (``data.number_text.german``). The
 continuations come from the cached decoder, as decode.py makes them
 (``language_model.continue_lines``). From the command line, score decode.py's output:
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from flax_transformer import language_model
 from flax_transformer.config import DecodeConfig
-from flax_transformer.data import number_words
+from flax_transformer.data import number_text
 
 PROMPTS = ("ein", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun", "zehn")
 
@@ -27,7 +27,7 @@ PROMPTS = ("ein", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "n
 @functools.cache
 def german_numbers() -> dict[str, int]:
     """German word → number for all of 0 … 999,999 (built once, ~1 s)."""
-    return {number_words.german(n): n for n in range(number_words.LARGEST + 1)}
+    return {number_text.german(n): n for n in range(number_text.LARGEST + 1)}
 
 
 def valid_share(texts: list[str]) -> float:

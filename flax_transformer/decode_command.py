@@ -28,6 +28,7 @@ import numpy as np
 
 from flax_transformer import checkpoint, config_fields, data, evaluation, inference, preflight
 from flax_transformer import config as config_lib
+from flax_transformer.data import number_text
 from flax_transformer.inference import InferenceError, Restored, Translations
 
 DECODE_USER_ERRORS = (InferenceError, checkpoint.CheckpointError, config_lib.ConfigError,
@@ -128,6 +129,19 @@ def check_lines_fit(lines: Sequence[str], kind: str) -> None:
         raise InferenceError(
             f"no input line holds {data.MASK_PIECE}; this encoder_only run fills the "
             f"positions marked with it, e.g. --input \"drei{data.MASK_PIECE}zwanzig\".")
+
+
+def not_number_words(run_config: config_lib.Config, lines: Sequence[str]) -> list[int]:
+    """Indices of the input lines of a number_words translation run (English source) that
+    are not number words as the task writes them, so that their outputs are guesses (empty
+    and meaningless lines have their own handling)."""
+    data_config = run_config.data
+    if (run_config.model.kind != "encoder_decoder" or data_config.dataset != "number_words"
+            or data_config.source_language != "en"):
+        return []
+    return [index for index, line in enumerate(lines)
+            if line.strip() and not preflight.is_meaningless(line)
+            and not number_text.is_number_words(line.strip())]
 
 
 def _kind_task(kind: str, decode_config: config_lib.DecodeConfig, method: str) -> str:
@@ -287,6 +301,11 @@ def run(request: DecodeRequest, stdin: IO | None = None, stdout: IO | None = Non
     decode_config = decode_config_for(run_config, request.decode_overrides)
     lines = input_lines(request, stdin)
     check_lines_fit(lines, kind)
+    if strays := not_number_words(run_config, lines):
+        print(f"warning: {len(strays)} line(s) are not English number words as number_words "
+              f"writes them (line {strays[0] + 1}: {lines[strays[0]]!r}); this run learned "
+              "only those (lower case, hyphens inside 21 … 99, no 'and', e.g. 'three "
+              "hundred forty-two'), so their outputs are guesses.", file=stderr)
     if count := preflight.meaningless_lines(lines):
         print(f"warning: {count} line(s) hold no letter or digit (only emoji, symbols or "
               "control characters); their outputs are guesses.", file=stderr)

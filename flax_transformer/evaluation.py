@@ -11,7 +11,7 @@ import numpy as np
 
 from flax_transformer import data, training, translate
 from flax_transformer.config import Config
-from flax_transformer.data import batching, chunked
+from flax_transformer.data import batching, chunked, number_text
 from flax_transformer.model import Transformer
 
 
@@ -58,19 +58,17 @@ def score_lines(hypotheses: list[str], references: list[str]) -> list[str]:
 
 def _number_of(source: str, reference: str) -> int:
     """The number a number_words pair writes, read from its English side."""
-    from flax_transformer.data import number_words  # imports TFDS (its dataset builder)
-
     try:
-        return number_words.parse_english(source)
+        return number_text.parse_english(source)
     except data.DataError:
-        return number_words.parse_english(reference)
+        return number_text.parse_english(reference)
 
 
 def digit_classes(sources: list[str], hypotheses: list[str], references: list[str],
                   train_sources: set[str]) -> list[dict]:
     """Exact match of number_words outputs per digit count 1 … 6, over all of 0 … 999, and
     for the numbers from 1,000 up per ending class (the form of their last three digits:
-    ``number_words.ENDING_CLASSES``, "000" … "x10–x99").
+    ``number_text.ENDING_CLASSES``, "000" … "x10–x99").
 
     Args:
       sources, hypotheses, references: one entry per example, in either direction.
@@ -82,19 +80,17 @@ def digit_classes(sources: list[str], hypotheses: list[str], references: list[st
       examples (keys "ending_0" … "ending_5"); "seen" counts the examples whose source is
       in train_sources.
     """
-    from flax_transformer.data import number_words
-
     numbers = np.asarray([_number_of(s, r) for s, r in zip(sources, references, strict=True)])
     correct = np.asarray([h.strip() == r.strip() for h, r in zip(hypotheses, references,
                                                                    strict=True)])
     seen = np.asarray([source in train_sources for source in sources])
     digits = np.asarray([len(str(number)) for number in numbers])
     groups = [(str(count), f"digits_{count}", digits == count)
-              for count in number_words.DIGIT_CLASSES]
+              for count in number_text.DIGIT_CLASSES]
     groups.append(("all of 0–999", "below_1000", numbers < 1000))
-    endings = np.asarray([number_words.ending_class(int(number)) for number in numbers])
+    endings = np.asarray([number_text.ending_class(int(number)) for number in numbers])
     groups += [(f"ends {name}", f"ending_{ending}", (numbers >= 1000) & (endings == ending))
-               for ending, name in enumerate(number_words.ENDING_CLASSES)]
+               for ending, name in enumerate(number_text.ENDING_CLASSES)]
     return [{"name": name, "key": key, "examples": int(chosen.sum()),
              "exact_match": float(correct[chosen].mean()), "seen": int(seen[chosen].sum())}
             for name, key, chosen in groups if chosen.any()]

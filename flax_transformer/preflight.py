@@ -50,8 +50,13 @@ def _check_writable_folder(flag: str, path: str) -> None:
                              "another path.")
 
 
+def is_meaningless(line: str) -> bool:
+    """Not empty but no letter or digit (only emoji, symbols, control characters or NUL):
+    the model has nothing to translate in it."""
+    return bool(line.strip()) and not any(unicodedata.category(char)[0] in "LN"
+                                          for char in line)
+
+
 def meaningless_lines(lines: Sequence[str]) -> int:
-    """Lines that are not empty but hold no letter or digit (only emoji, symbols, control
-    characters or NUL): the model has nothing to translate in them."""
-    return sum(1 for line in lines if line.strip() and not any(
-        unicodedata.category(char)[0] in "LN" for char in line))
+    """How many of ``lines`` are meaningless (``is_meaningless``)."""
+    return sum(map(is_meaningless, lines))

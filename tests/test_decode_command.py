@@ -410,6 +410,38 @@ class FakeModel:
                              [[-0.5]] * len(lines), self.truncated)
 
 
+def test_run_warns_about_lines_the_number_words_task_does_not_write(tmp_path, monkeypatch):
+    """"Seven" or "one hundred and one" get outputs, but the run never learned such input:
+    decode.py says so (a silent guess looked like an answer: "Seven" -> "neun")."""
+    config = _saved_run(tmp_path, "encoder_decoder")
+    fake = FakeModel(config)
+    monkeypatch.setattr(inference, "restore", fake.restore)
+    monkeypatch.setattr(inference, "translate_lines", lambda restored, lines, *args, **kw:
+                        _translations(lines, [["?"]] * len(lines), [[-1.0]] * len(lines),
+                                      [[-0.5]] * len(lines), 0))
+    request = decode_command.DecodeRequest(workdir=str(tmp_path), checkpoint="latest",
+                                           use_ema=True, inputs=("forty-two", "Seven", "",
+                                                                 "one hundred and one"))
+    stderr = io.StringIO()
+    decode_command.run(request, stdin=Untouchable(), stdout=io.StringIO(), stderr=stderr)
+    assert stderr.getvalue().splitlines()[0] == (
+        "warning: 2 line(s) are not English number words as number_words writes them "
+        "(line 2: 'Seven'); this run learned only those (lower case, hyphens inside 21 … 99, "
+        "no 'and', e.g. 'three hundred forty-two'), so their outputs are guesses.")
+
+
+def test_not_number_words_only_for_number_words_translation_from_english():
+    config = kind_config("encoder_decoder")
+    lines = ["Seven", "seven", " ∮ ", "", "  forty-two ", "1234"]
+    assert decode_command.not_number_words(config, lines) == [0, 5]
+    for other in (dataclasses.replace(config, data=dataclasses.replace(
+                      config.data, dataset="parallel_text")),
+                  dataclasses.replace(config, data=dataclasses.replace(
+                      config.data, source_language="de", target_language="en")),
+                  kind_config("decoder_only")):
+        assert decode_command.not_number_words(other, lines) == []
+
+
 def test_run_writes_scores_and_warns_in_input_order(tmp_path, monkeypatch):
     from flax_transformer import evaluation
 

@@ -7,7 +7,8 @@ SentencePiece.
     eval_batches = data.eval_batches(splits["validation"], tokenizer, config.data, multiple)
 
 Files, bottom to top: chunked.py (reading many records of a split per call),
-number_words.py and parallel_text.py (our TFDS builders), sources.py (which dataset,
+number_text.py (the built-in task's words, no TFDS), number_words.py and parallel_text.py
+(our TFDS builders), sources.py (which dataset,
 prepared once), tokenizer.py (SentencePiece), tokens.py (the tokenization cache),
 batching.py (token-budget plans, buckets, packing), pipeline.py; monolingual.py views
 one side as text for decoder_only/encoder_only runs.
@@ -38,8 +39,8 @@ _LAZY = {
 }
 
 
-_SUBMODULES = ("batching", "monolingual", "number_words", "parallel_text", "pipeline",
-               "sources", "tokens")
+_SUBMODULES = ("batching", "monolingual", "number_text", "number_words", "parallel_text",
+               "pipeline", "sources", "tokens")
 
 
 def __getattr__(name: str) -> Any:
