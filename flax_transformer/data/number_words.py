@@ -21,7 +21,6 @@ from flax_transformer.data.number_text import (  # noqa: F401  (the task's text,
     ending_class,
     english,
     german,
-    is_number_words,
     parse_english,
 )
 
