@@ -114,10 +114,13 @@ def ending_class(number: int) -> int:
     return (3 if hundreds else 0) + (0 if not last_two else 1 if last_two < 10 else 2)
 
 
+# English word (or part of a hyphenated one) -> its value, for parse_english.
+_ENGLISH_VALUES = {word: value for value, word in enumerate(_ENGLISH_SMALL)} | {
+    word: 10 * value for value, word in enumerate(_ENGLISH_TENS) if value >= 2}
+
+
 def parse_english(text: str) -> int:
     """The number that ``english`` writes as ``text``; a DataError for anything else."""
-    values = {word: value for value, word in enumerate(_ENGLISH_SMALL)} | {
-        word: 10 * value for value, word in enumerate(_ENGLISH_TENS) if value >= 2}
     total, group = 0, 0
     try:
         for word in text.split():
@@ -126,7 +129,7 @@ def parse_english(text: str) -> int:
             elif word == "hundred":
                 group *= 100
             else:
-                group += sum(values[part] for part in word.split("-"))
+                group += sum(_ENGLISH_VALUES[part] for part in word.split("-"))
     except KeyError:
         total = -1
     number = total + group

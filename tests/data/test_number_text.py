@@ -112,8 +112,6 @@ def test_parse_english_reads_back_every_sampled_number_and_refuses_other_text():
             number_text.parse_english(text)
 
 
-
-
 def test_is_number_words_tells_what_decode_py_warns_about():
     assert number_text.is_number_words("three hundred forty-two")
     assert number_text.is_number_words("nine hundred ninety-nine thousand nine hundred ninety-nine")
